@@ -77,10 +77,14 @@ def token_layout(
     new_height, new_width = get_patch_output_size(dummy, (best_height, best_width), ChannelDimension.FIRST)
     paste_y, paste_x = (best_height - new_height) // 2, (best_width - new_width) // 2
     scale_x, scale_y = width / new_width, height / new_height
-    grid_x0 = (canvas_col * patch_size - paste_x) * scale_x
-    grid_y0 = (canvas_row * patch_size - paste_y) * scale_y
-    grid_boxes = np.stack([grid_x0, grid_y0, grid_x0 + patch_size * scale_x, grid_y0 + patch_size * scale_y], -1)
-    grid_boxes = grid_boxes.reshape(-1, 4)
+    # Edges come from one expression so neighbouring cells share them exactly (no float gaps).
+    # Unpadding works in whole cells, so a sliver (< 1 cell) of the image may fall outside every grid
+    # cell, as it does in the model.
+    x_edges = (np.arange(canvas_cols + 1) * patch_size - paste_x) * scale_x
+    y_edges = (np.arange(canvas_rows + 1) * patch_size - paste_y) * scale_y
+    grid_boxes = np.stack(
+        [x_edges[canvas_col], y_edges[canvas_row], x_edges[canvas_col + 1], y_edges[canvas_row + 1]], -1
+    ).reshape(-1, 4)
 
     side = cells_per_tile
     base_r, base_c = np.divmod(np.arange(side * side), side)

@@ -35,6 +35,21 @@ class Selection:
     neighbor_weights: np.ndarray | None = None
     seconds: float = 0.0
 
+    def kept_mask(self, n_tokens: int) -> np.ndarray:
+        """`(n,)` bool, True where the packed token is kept."""
+        mask = np.zeros(n_tokens, dtype=bool)
+        mask[self.kept_positions] = True
+        return mask
+
+    def group_of(self, n_tokens: int) -> np.ndarray:
+        """`(n,)` index into `kept_positions` of the token each packed token is merged into (-1 = dropped).
+        Without groups, every kept token stands for itself."""
+        owner = np.full(n_tokens, -1, dtype=np.int64)
+        groups = self.groups if self.groups is not None else [np.array([p]) for p in self.kept_positions]
+        for index, members in enumerate(groups):
+            owner[members] = index
+        return owner
+
 
 @dataclass
 class PruneResult:

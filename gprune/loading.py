@@ -1,0 +1,139 @@
+"""Load a LLaVA-NeXT checkpoint (hub id or local directory) or the offline random-weight `tiny` model.
+
+Loading is a pure function: no global cache here, the app decides what to keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+)
+
+from .tiny import build_tiny
+
+TINY = "tiny"
+AUTO = "auto"
+DEFAULT_GPU_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
+KNOWN_MODELS = (
+    "llava-hf/llava-v1.6-mistral-7b-hf",
+    "llava-hf/llava-v1.6-vicuna-7b-hf",
+    "llava-hf/llama3-llava-next-8b-hf",
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A LLaVA-NeXT model in eval mode with the processor that matches it."""
+
+    model: LlavaNextForConditionalGeneration
+    processor: LlavaNextProcessor
+    name: str
+    random_weights: bool
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def prompt(self, question: str) -> str:
+        """The checkpoint's own chat template applied to one image and `question`, generation prompt added."""
+        if not isinstance(question, str):
+            raise ValueError(f"question must be a string, got {type(question).__name__}")
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def resolve_model_name(name: str) -> str:
+    """`"auto"` → the 7B default when CUDA is available, else `"tiny"`; any other name is returned as is."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model name must be 'auto', 'tiny', a Hugging Face Hub id or a local directory, got {name!r}")
+    name = name.strip()
+    if name == AUTO:
+        return DEFAULT_GPU_MODEL if torch.cuda.is_available() else TINY
+    return name
+
+
+def load_model(name: str = AUTO, *, device: str | None = None) -> LoadedModel:
+    """Load `name` (`"auto"`, `"tiny"`, a hub id or a local directory) onto `device`.
+
+    `device` defaults to CUDA when available, else CPU. Checkpoints load in bfloat16 on CUDA and float32 on
+    the CPU; `tiny` is always float32. Raises `ValueError` for anything that cannot be loaded.
+    """
+    name = resolve_model_name(name)
+    target = _resolve_device(device)
+    if name == TINY:
+        model, processor = build_tiny()
+        return LoadedModel(model.to(target), processor, TINY, random_weights=True)
+
+    source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(_unreachable_message(name, error)) from error
+    if not isinstance(config, LlavaNextConfig):
+        raise ValueError(
+            f"{name!r} is a {config.model_type!r} model, not LLaVA-NeXT (model_type 'llava_next'); "
+            f"use one of {', '.join(KNOWN_MODELS)} or '{TINY}'"
+        )
+    if config.vision_config.model_type != "clip_vision_model":
+        raise ValueError(
+            f"{name!r} has a {config.vision_config.model_type!r} vision tower; only CLIP ('clip_vision_model'), "
+            "as in the llava-hf LLaVA-NeXT checkpoints, is supported"
+        )
+    try:
+        model = LlavaNextForConditionalGeneration.from_pretrained(
+            source, config=config, dtype=dtype, device_map=str(target), attn_implementation="sdpa"
+        )
+        # Passing the PIL image processor explicitly: the default class needs torchvision.
+        processor = LlavaNextProcessor.from_pretrained(
+            source, image_processor=LlavaNextImageProcessorPil.from_pretrained(source)
+        )
+    except (OSError, ValueError) as error:
+        raise ValueError(_unreachable_message(name, error)) from error
+    _align_processor(processor, config)
+    return LoadedModel(model.eval(), processor, name, random_weights=False)
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available; use 'cpu'")
+    return target
+
+
+def _unreachable_message(name: str, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"model {name!r} could not be loaded ({reason}). It is neither a local LLaVA-NeXT directory nor a "
+        f"Hugging Face Hub id that is cached or reachable. Use '{TINY}' for the offline random-weight model, "
+        f"or the path of a local directory holding a LLaVA-NeXT checkpoint (config.json, weights, processor files)."
+    )
+
+
+def _align_processor(processor: LlavaNextProcessor, config: LlavaNextConfig) -> None:
+    """Make the processor's placeholder count equal the model's packed feature count.
+
+    Older processor configs leave these unset (or at defaults that drop the CLS token twice), so the
+    processor would insert a different number of `<image>` tokens than `pack_image_features` emits.
+    """
+    processor.patch_size = config.vision_config.patch_size
+    processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    processor.num_additional_image_tokens = 1  # CLIP's CLS token, counted here and dropped by "default"
+    processor.image_processor.image_grid_pinpoints = config.image_grid_pinpoints

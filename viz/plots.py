@@ -1,0 +1,165 @@
+"""Small matplotlib charts rendered straight to PIL images.
+
+Figures are built with `matplotlib.figure.Figure` on an Agg canvas rather than through pyplot: nothing is
+registered globally, so there is no figure to close or leak, and no GUI backend is ever touched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+FIGSIZE = (6.0, 3.6)
+DPI = 110
+
+
+def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], reference_label: str) -> Image.Image:
+    """Log-probability of the unpruned model's answer as tokens are pruned, one line per method.
+
+    Args:
+        keep_ratios: `(r,)` fractions of visual tokens kept, in (0, 1].
+        curves: method name → `(r,)` log-probability of the reference answer at each keep ratio.
+        reference_label: short description of the reference answer, used as the title.
+
+    The x axis runs from keep ratio 1 down to the smallest, so "more pruning" reads left to right.
+    """
+    ratios = _vector(keep_ratios, "keep_ratios")
+    if not curves:
+        raise ValueError("curves must name at least one method")
+    figure, axes = _figure()
+    for method, curve in curves.items():
+        curve = _vector(curve, f"curves[{method!r}]", allow_nan=True)
+        if curve.shape != ratios.shape:
+            raise ValueError(f"curves[{method!r}] has shape {curve.shape}, keep_ratios {ratios.shape}")
+        axes.plot(ratios, curve, marker="o", markersize=3, label=method)
+    axes.invert_xaxis()
+    axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
+    axes.set_ylabel("log p(reference answer)")
+    axes.set_title(_shorten(reference_label), fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _render(figure)
+
+
+def similarity_histogram(similarities: np.ndarray, threshold: float) -> Image.Image:
+    """Histogram of pairwise similarities with the threshold line and the fraction of pairs at or above it.
+
+    Args:
+        similarities: `(k,)` similarities; non-finite entries are ignored.
+        threshold: the similarity above which pairs count (drawn as a vertical line).
+    """
+    finite = _finite(similarities, "similarities")
+    figure, axes = _figure()
+    axes.hist(finite, bins=50, color="tab:blue", alpha=0.8)
+    axes.axvline(threshold, color="tab:red", linestyle="--")
+    fraction = float((finite >= threshold).mean())
+    axes.text(0.02, 0.95, f"{fraction:.1%} of {finite.size:,} pairs ≥ {threshold:g}", transform=axes.transAxes, va="top")
+    axes.set_xlabel("similarity")
+    axes.set_ylabel("pairs")
+    return _render(figure)
+
+
+def score_histogram(scores: np.ndarray, cut: float) -> Image.Image:
+    """Histogram of token scores with the top-k cut line and how many tokens it keeps.
+
+    Args:
+        scores: `(n,)` token scores; non-finite entries are ignored.
+        cut: the score of the k-th best token (tokens scoring ≥ `cut` are kept).
+    """
+    finite = _finite(scores, "scores")
+    figure, axes = _figure()
+    axes.hist(finite, bins=60, color="tab:green", alpha=0.8)
+    axes.axvline(cut, color="tab:red", linestyle="--")
+    kept = int((finite >= cut).sum())
+    axes.text(0.98, 0.95, f"kept {kept:,}/{finite.size:,} (≥ {cut:.3g})", transform=axes.transAxes, ha="right", va="top")
+    axes.set_xlabel("score")
+    axes.set_ylabel("tokens")
+    return _render(figure)
+
+
+def score_trace_plot(scores_over_iterations: np.ndarray, label: str) -> Image.Image:
+    """One token's score across propagation iterations `0..t`.
+
+    Args:
+        scores_over_iterations: `(t + 1,)` scores, entry `i` after iteration `i` (0 is the initial score).
+        label: what the token is (e.g. "token 812 (grid r3 c7)"), used as the title.
+    """
+    scores = _vector(scores_over_iterations, "scores_over_iterations", allow_nan=True)
+    figure, axes = _figure()
+    axes.plot(np.arange(scores.size), scores, marker="o")
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("score")
+    axes.set_title(_shorten(label), fontsize=9)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    return _render(figure)
+
+
+def speedup_plot(
+    keep_ratios: np.ndarray, measured: dict[str, list[float]], flops_ratio: dict[str, list[float]]
+) -> Image.Image:
+    """Measured speedup per method (solid) against the theoretical FLOPs speedup (dashed, same colour).
+
+    Args:
+        keep_ratios: `(r,)` fractions of visual tokens kept.
+        measured: method → `r` measured speedups (unpruned time / pruned time).
+        flops_ratio: method → `r` theoretical speedups (unpruned FLOPs / pruned FLOPs); methods may be missing.
+    """
+    ratios = _vector(keep_ratios, "keep_ratios")
+    if not measured:
+        raise ValueError("measured must name at least one method")
+    unknown = set(flops_ratio) - set(measured)
+    if unknown:
+        raise ValueError(f"flops_ratio names methods with no measurement: {sorted(unknown)}")
+    figure, axes = _figure()
+    for method, speedups in measured.items():
+        speedups = _vector(speedups, f"measured[{method!r}]", allow_nan=True)
+        if speedups.shape != ratios.shape:
+            raise ValueError(f"measured[{method!r}] has shape {speedups.shape}, keep_ratios {ratios.shape}")
+        (line,) = axes.plot(ratios, speedups, marker="o", markersize=3, label=f"{method} measured")
+        if method in flops_ratio:
+            ideal = _vector(flops_ratio[method], f"flops_ratio[{method!r}]", allow_nan=True)
+            if ideal.shape != ratios.shape:
+                raise ValueError(f"flops_ratio[{method!r}] has shape {ideal.shape}, keep_ratios {ratios.shape}")
+            axes.plot(ratios, ideal, linestyle="--", color=line.get_color(), label=f"{method} FLOPs")
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.invert_xaxis()
+    axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
+    axes.set_ylabel("speedup ×")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    return _render(figure)
+
+
+def _figure():
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _render(figure: Figure) -> Image.Image:
+    figure.canvas.draw()
+    return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())).convert("RGB")
+
+
+def _vector(values, name: str, allow_nan: bool = False) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {values.shape}")
+    if not allow_nan and not np.isfinite(values).all():
+        raise ValueError(f"{name} must be finite")
+    return values
+
+
+def _finite(values, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ValueError(f"{name} has no finite values to plot")
+    return finite
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
