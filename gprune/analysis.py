@@ -69,7 +69,10 @@ class AnalysisConfig:
 
 @dataclass
 class Analysis:
-    """The reference run and every method's result for one image + question."""
+    """The reference run and every method's result for one image + question.
+
+    `features` is the `(n, d)` float32 packed block, kept on the CPU for graph views in the UI.
+    """
 
     config: AnalysisConfig
     model_name: str
@@ -77,6 +80,7 @@ class Analysis:
     question: str
     image: Image.Image
     layout: TokenLayout
+    features: np.ndarray
     reference: PruneResult
     results: dict[str, PruneResult] = field(default_factory=dict)
 
@@ -171,7 +175,8 @@ def analyze(
     steps = 1 + len(config.methods)
     report(1 / (steps + 1), "running the unpruned model")
     reference = run_method(loaded, encoded, "unpruned", config)
-    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, reference)
+    features = encoded.packed_features.detach().float().cpu().numpy()
+    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, reference)
     for index, method in enumerate(config.methods):
         report((index + 2) / (steps + 1), f"running {METHOD_LABELS[method]}")
         analysis.results[method] = run_method(loaded, encoded, method, config)

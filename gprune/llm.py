@@ -81,7 +81,7 @@ def _causal_mask(language_model, hidden: torch.Tensor):
     return create_causal_mask(config=language_model.config, inputs_embeds=hidden, attention_mask=ones, past_key_values=None)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def prefill(language_model, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, fastv: FastVPlan | None = None) -> PrefillOutput:
     """Run every decoder layer over `inputs_embeds (1, L, d)` at `position_ids (1, L)`, filling a new cache."""
     cache = DynamicCache(config=language_model.config)
@@ -110,7 +110,7 @@ def prefill(language_model, inputs_embeds: torch.Tensor, position_ids: torch.Ten
     return PrefillOutput(language_model.norm(hidden), sequence_index, cache, image_attention, selection_seconds)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def decode_step(language_model, embeds: torch.Tensor, position: int, cache: DynamicCache) -> torch.Tensor:
     """One new token `(1, 1, d)` at `position` attending to everything cached; returns its final hidden state.
 

@@ -76,12 +76,18 @@ def load_model(name: str = AUTO, *, device: str | None = None) -> LoadedModel:
         model, processor = build_tiny()
         return LoadedModel(model.to(target), processor, TINY, random_weights=True)
 
-    source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        source = str(path)
+    elif path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise ValueError(_unreachable_message(name, "no such directory"))  # a path, not a hub id
+    else:
+        source = name
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise ValueError(_unreachable_message(name, error)) from error
+        raise ValueError(_unreachable_message(name, _first_line(error))) from error
     if not isinstance(config, LlavaNextConfig):
         raise ValueError(
             f"{name!r} is a {config.model_type!r} model, not LLaVA-NeXT (model_type 'llava_next'); "
@@ -93,17 +99,18 @@ def load_model(name: str = AUTO, *, device: str | None = None) -> LoadedModel:
             "as in the llava-hf LLaVA-NeXT checkpoints, is supported"
         )
     try:
+        # Loaded on the CPU, then moved: `device_map` would need `accelerate`.
         model = LlavaNextForConditionalGeneration.from_pretrained(
-            source, config=config, dtype=dtype, device_map=str(target), attn_implementation="sdpa"
+            source, config=config, dtype=dtype, attn_implementation="sdpa"
         )
         # Passing the PIL image processor explicitly: the default class needs torchvision.
         processor = LlavaNextProcessor.from_pretrained(
             source, image_processor=LlavaNextImageProcessorPil.from_pretrained(source)
         )
     except (OSError, ValueError) as error:
-        raise ValueError(_unreachable_message(name, error)) from error
+        raise ValueError(_unreachable_message(name, _first_line(error))) from error
     _align_processor(processor, config)
-    return LoadedModel(model.eval(), processor, name, random_weights=False)
+    return LoadedModel(model.to(target).eval(), processor, name, random_weights=False)
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -118,8 +125,12 @@ def _resolve_device(device: str | None) -> torch.device:
     return target
 
 
-def _unreachable_message(name: str, error: Exception) -> str:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
+def _unreachable_message(name: str, reason: str) -> str:
     return (
         f"model {name!r} could not be loaded ({reason}). It is neither a local LLaVA-NeXT directory nor a "
         f"Hugging Face Hub id that is cached or reachable. Use '{TINY}' for the offline random-weight model, "

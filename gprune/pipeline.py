@@ -47,7 +47,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def encode(loaded: LoadedModel, image: Image.Image, question: str) -> EncodedPrompt:
     """Run the processor and the vision tower + projector once; find the image span from the ids."""
     if not isinstance(question, str) or not question.strip():
@@ -102,7 +102,7 @@ def kept_sequence(encoded: EncodedPrompt, selection: Selection) -> tuple[torch.T
     return sequence_index, embeds
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(
     loaded: LoadedModel,
     encoded: EncodedPrompt,
@@ -142,7 +142,7 @@ def generate(
                       prefill_seconds, decode_seconds / decode_steps if decode_steps else 0.0)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def answer_log_probability(
     loaded: LoadedModel,
     encoded: EncodedPrompt,

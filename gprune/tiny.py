@@ -134,7 +134,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextConfig:
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=4,  # ≥ 3 so FastV's default K = 2 prunes before some layers
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
@@ -143,7 +143,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextConfig:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    config = LlavaNextConfig(
+    return LlavaNextConfig(
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -151,9 +151,8 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextConfig:
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
+        attn_implementation="sdpa",
     )
-    config._attn_implementation = "sdpa"
-    return config
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaNextProcessor:
