@@ -53,23 +53,24 @@ def encode(loaded: LoadedModel, image: Image.Image, question: str) -> EncodedPro
     if not isinstance(question, str) or not question.strip():
         raise ValueError("question must be a non-empty string, e.g. 'What is in the image?'")
     model, processor = loaded.model, loaded.processor
+    vision = model.config.vision_config
+    layout = token_layout((image.height, image.width), model.config.image_grid_pinpoints, vision.image_size, vision.patch_size)
+    if layout.rows == 0 or layout.cols == 0:
+        raise ValueError(
+            f"a {image.width}×{image.height} image is too thin: its high-resolution grid has no cells; "
+            "crop or pad it to an aspect ratio of at most about 1:100"
+        )
     inputs = processor(images=image, text=loaded.prompt(question), return_tensors="pt").to(loaded.device)
-    image_token_id = model.config.image_token_id
-    image_span = (inputs["input_ids"][0] == image_token_id).nonzero().flatten()
+    image_span = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
     image_start, image_end = int(image_span[0]), int(image_span[-1]) + 1
-    if image_end - image_start != len(image_span):
-        raise ValueError("the prompt must contain exactly one contiguous image")
+    if image_end - image_start != len(image_span) or len(image_span) != layout.n_tokens:
+        raise ValueError(f"the prompt must hold one contiguous image of {layout.n_tokens} placeholders, got {len(image_span)}")
     image_outputs = model.model.get_image_features(
         pixel_values=inputs["pixel_values"].to(loaded.dtype), image_sizes=inputs["image_sizes"]
     )
     packed_features = image_outputs.pooler_output[0]
     embeds = model.get_input_embeddings()(inputs["input_ids"])
     embeds[0, image_start:image_end] = packed_features.to(embeds.dtype)
-
-    vision = model.config.vision_config
-    layout = token_layout((image.height, image.width), model.config.image_grid_pinpoints, vision.image_size, vision.patch_size)
-    if layout.n_tokens != packed_features.shape[0]:
-        raise ValueError(f"token layout ({layout.n_tokens}) does not match the model's packed features ({packed_features.shape[0]})")
     return EncodedPrompt(inputs["input_ids"], embeds, image_start, image_end, packed_features, layout)
 
 

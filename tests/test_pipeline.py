@@ -204,3 +204,8 @@ def test_bad_analysis_config(tiny_model, image, change, message):
 def test_empty_question(tiny_model, image, question):
     with pytest.raises(ValueError, match="question"):
         analyze(tiny_model, image, question, AnalysisConfig(methods=("random",)))
+
+
+def test_too_thin_image_is_refused_with_a_reason(tiny_model):
+    with pytest.raises(ValueError, match="too thin"):
+        encode(tiny_model, Image.new("RGB", (1000, 2)), QUESTION)
