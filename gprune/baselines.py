@@ -7,6 +7,7 @@ import time
 import torch
 
 from .checks import check_features
+from .graph import unit_and_norm
 from .packed import BASE_TOKENS, check_block, keep_top_per_view
 from .result import Selection
 
@@ -16,7 +17,7 @@ def l2norm_select(packed_features: torch.Tensor, rows: int, cols: int, keep_rati
     start = time.perf_counter()
     check_features(packed_features, "packed_features")
     check_block(packed_features.shape[0], rows, cols, base_tokens)
-    norms = packed_features.detach().float().norm(dim=1).cpu()
+    norms = unit_and_norm(packed_features.detach())[1].cpu()
     kept_positions = keep_top_per_view(norms, rows, cols, keep_ratio, base_tokens)
     return Selection(kept_positions=kept_positions.numpy(), scores=norms[None].numpy(), seconds=time.perf_counter() - start)
 

@@ -19,11 +19,24 @@ from .result import Selection
 NEIGHBORS = 16
 
 
-def transition_matrix(features: torch.Tensor, threshold: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_and_norm(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(unit rows (n, d), l2 norms (n,))` in fp32, safe for norms beyond fp32's square range.
+
+    A plain fp32 norm squares the entries first: rows near 1e20 overflow to inf and rows near 1e-20
+    underflow to 0. Dividing each row by its largest entry first keeps every step in range.
+    """
+    features = features.float()
+    scale = features.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    scaled = features / scale
+    scaled_norm = scaled.norm(dim=1, keepdim=True)
+    return scaled / scaled_norm.clamp_min(1e-12), (scaled_norm * scale).squeeze(1)
+
+
+def transition_matrix(unit: torch.Tensor, threshold: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-stochastic transition matrix and degrees of one graph, in fp32.
 
     Args:
-        features: `(n, d)` un-normalised token features.
+        unit: `(n, d)` fp32 unit-length token features (see `unit_and_norm`).
     Returns:
         `(transition (n, n), degree (n,))`: `transition[i, j]` is the share of i's mass sent to j.
 
@@ -31,7 +44,6 @@ def transition_matrix(features: torch.Tensor, threshold: float, temperature: flo
     The diagonal is always an edge; it is one anyway (cos = 1 ≥ s) except for an all-zero feature,
     whose row would otherwise have no edge at all.
     """
-    unit = torch.nn.functional.normalize(features.float(), dim=1)
     transition = unit @ unit.T
     edges = transition >= threshold
     edges.diagonal().fill_(True)
@@ -63,8 +75,9 @@ def gprune_scores(
     """
     check_features(features)
     check_iterations(iterations)
-    transition, degree = transition_matrix(features, check_threshold(threshold), check_temperature(temperature))
-    return propagate(transition, features.float().norm(dim=1), iterations) / degree
+    unit, norm = unit_and_norm(features)
+    transition, degree = transition_matrix(unit, check_threshold(threshold), check_temperature(temperature))
+    return propagate(transition, norm, iterations) / degree
 
 
 def strongest_sources(transition: torch.Tensor, count: int = NEIGHBORS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,16 +142,16 @@ def gprune_select(
     check_temperature(temperature)
 
     n = packed_features.shape[0]
-    features = packed_features.detach().float()
+    features = packed_features.detach()
     scores = torch.full((iterations + 1, n), float("nan"))
     degree = torch.zeros(n)
     sources = torch.full((n, max(neighbors, 0)), -1, dtype=torch.long)
     source_weights = torch.zeros((n, max(neighbors, 0)))
     base_positions, grid_positions, _ = block_positions(rows, cols, base_tokens)
     for positions in (base_positions, grid_positions):
-        view = features[positions]
-        transition, view_degree = transition_matrix(view, threshold, temperature)
-        view_scores = propagate(transition, view.norm(dim=1), iterations) / view_degree
+        unit, norm = unit_and_norm(features[positions])
+        transition, view_degree = transition_matrix(unit, threshold, temperature)
+        view_scores = propagate(transition, norm, iterations) / view_degree
         scores[:, positions] = view_scores.cpu()
         degree[positions] = view_degree.cpu()
         if neighbors > 0 and len(positions) > 1:
