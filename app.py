@@ -2,6 +2,9 @@
 
     python app.py [--model auto|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
 
+Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
+run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
+
 This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). The
 model is loaded once at import and only read afterwards; everything a user computes lives in that
 browser session's `gr.State`. One model call per Run (and per sweep); stepping, inspecting, comparing and
@@ -19,11 +22,14 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -35,12 +41,32 @@ from gprune import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, an
 from gprune.images import UNDECODABLE, fit_image, load_image
 
 
+def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
+    """`kind(environ[name])` if set (e.g. GPRUNE_SESSION_TTL_S=600), else `default`; must be finite and >= minimum."""
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a {'whole ' if kind is int else ''}number >= {minimum:g}, got {text!r}")
+    return value
+
+
 MAX_QUESTION_CHARS = 500
 MAX_UPLOAD_SIZE = "20mb"
 MAX_PIXELS = 40_000_000  # checked from the header, before any decoding
 MODEL_MAX_SIDE = 1344  # larger uploads are downscaled before the model (LLaVA-NeXT's largest tile canvas is 1008)
-SESSION_TTL_S = 2 * 3600  # a session's results are dropped this long after their last update
-MAX_SESSIONS = 64  # sessions whose state is kept at once (least recently used are dropped)
+try:
+    # A session's results are dropped this long after the Run (or sweep) that stored them ...
+    SESSION_TTL_S = env_setting("GPRUNE_SESSION_TTL_S", 2 * 3600, float, minimum=1)
+    # ... or when more than this many sessions hold results (the least recently used are dropped).
+    MAX_SESSIONS = env_setting("GPRUNE_MAX_SESSIONS", 64, int, minimum=1)
+except ValueError as error:
+    sys.exit(f"error: {error}")
+REMEMBERED_SESSIONS = 10_000  # ids (only) of sessions that ran, to tell "expired" from "never ran"
 GPU_SECONDS = 180
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "gprune-explorer"
@@ -131,6 +157,40 @@ with no_stub_files():
             except Exception:  # anything PIL raises on a bad data: URL
                 raise gr.Error(f"That upload cannot be used: the data {UNDECODABLE}.") from None
 
+    class Setting(gr.Slider):
+        """`gr.Slider` that names itself when an API call sends a value it cannot take.
+
+        Gradio's own check says "Value 0 is less than minimum value 0.01" without saying which setting, lets
+        NaN through, and fails with an unexplained server error on a missing value or a string.
+        """
+
+        is_template = True  # same Svelte component as gr.Slider
+
+        def preprocess(self, payload):
+            number = payload if isinstance(payload, (int, float)) and not isinstance(payload, bool) else None
+            whole = all(float(v).is_integer() for v in (self.minimum, self.step))
+            if (number is None or not math.isfinite(number) or not self.minimum <= number <= self.maximum
+                    or (whole and not float(number).is_integer())):
+                raise gr.Error(f"{self.label} must be a {'whole ' if whole else ''}number from {self.minimum:g} to "
+                               f"{self.maximum:g}; got {payload!r}.")
+            return super().preprocess(payload)
+
+    class MethodChoice(gr.CheckboxGroup):
+        """`gr.CheckboxGroup` of method names that accepts one name as a string and names unknown methods."""
+
+        is_template = True  # same Svelte component as gr.CheckboxGroup
+
+        def preprocess(self, payload):
+            if isinstance(payload, str):
+                payload = [payload]
+            if not isinstance(payload, list) or not all(isinstance(m, str) for m in payload):
+                raise gr.Error(f"methods must be a list of method names from {', '.join(METHODS)}; got {payload!r}.")
+            unknown = [m for m in payload if m not in METHODS]
+            if unknown:
+                raise gr.Error(f"Unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                               f"methods must be a non-empty subset of {', '.join(METHODS)}.")
+            return super().preprocess(payload)
+
 
 def read_image(path) -> Image.Image:
     if not path:
@@ -170,11 +230,38 @@ def make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, met
         raise gr.Error(f"Invalid setting: {error}.") from None
 
 
-def need_session(session) -> views.Session:
-    if session is None:
-        raise gr.Error("Run an analysis first: upload an image, type a question, press Run "
-                       f"(results are kept for {SESSION_TTL_S // 3600} hours after a run).")
-    return session
+def duration_text(seconds: float) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or unit == "second":
+            value = round(seconds / size, 1)
+            return f"{value:g} {unit}{'' if value == 1 else 's'}"
+
+
+_ran_sessions: OrderedDict[str, float] = OrderedDict()  # session hash → time of its last Run; no results here
+_ran_lock = threading.Lock()
+
+
+def remember_run(request: gr.Request | None) -> None:
+    key = getattr(request, "session_hash", None)
+    if key:
+        with _ran_lock:
+            _ran_sessions[key] = time.time()
+            _ran_sessions.move_to_end(key)
+            while len(_ran_sessions) > REMEMBERED_SESSIONS:
+                _ran_sessions.popitem(last=False)
+
+
+def need_session(session, request: gr.Request | None = None) -> views.Session:
+    """The session's stored analysis, or a gr.Error saying whether none was run yet or its results expired."""
+    if session is not None:
+        return session
+    kept = (f"results are kept for {duration_text(SESSION_TTL_S)} after a run, for at most {MAX_SESSIONS} "
+            "sessions at once")
+    with _ran_lock:
+        ran = getattr(request, "session_hash", None) in _ran_sessions
+    if ran:
+        raise gr.Error(f"This session expired: its results were dropped ({kept}). Press Run again.")
+    raise gr.Error(f"Run an analysis first: upload an image, type a question, press Run ({kept}).")
 
 
 def shown(function):
@@ -210,7 +297,7 @@ def temp_file(suffix: str, data: bytes) -> str:
 
 def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=5,
                   fastv_layer=DEFAULT_FASTV_LAYER, methods=METHODS, max_new_tokens=32, view="grid",
-                  progress=gr.Progress()):
+                  progress=gr.Progress(), request: gr.Request = None):
     """Run the unpruned model and every chosen method once; keep the results in this session."""
     picture = read_image(image)
     question = read_question(question)
@@ -223,6 +310,7 @@ def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.
     except ValueError as error:
         raise gr.Error(str(error)) from None
     session = views.new_session(analysis)
+    remember_run(request)
     heatmap, mask = (None, None)
     if "gprune" in analysis.results:
         heatmap, mask, _ = views.iteration_pictures(session, view, config.iterations)
@@ -268,9 +356,9 @@ def learn_pictures(session: views.Session, view: str, iteration: int):
 
 
 @shown
-def step(session, view="grid", iteration=0):
+def step(session, view="grid", iteration=0, request: gr.Request = None):
     """Redraw G-Prune's heatmap and kept mask after `iteration` iterations (stored scores, no model call)."""
-    return views.iteration_pictures(need_session(session), view, iteration)
+    return views.iteration_pictures(need_session(session, request), view, iteration)
 
 
 @shown
@@ -282,9 +370,9 @@ def step_score(session, view, iteration):
 
 
 @shown
-def change_view(session, view, iteration, method_a, method_b):
+def change_view(session, view, iteration, method_a, method_b, request: gr.Request = None):
     """Redraw everything for the other view (UI only)."""
-    session = need_session(session)
+    session = need_session(session, request)
     analysis = session.analysis
     if "gprune" in analysis.results:
         heatmap, mask, caption = views.iteration_pictures(session, view, iteration)
@@ -296,39 +384,44 @@ def change_view(session, view, iteration, method_a, method_b):
 
 
 @shown
-def difference(session, method_a="gprune", method_b="fastv", view="grid"):
+def difference(session, method_a="gprune", method_b="fastv", view="grid", request: gr.Request = None):
     """Tokens kept by method A but not B (orange), by B but not A (blue)."""
-    return views.difference_picture(need_session(session), method_a, method_b, view)
+    return views.difference_picture(need_session(session, request), method_a, method_b, view)
 
 
 @shown
-def inspect(session, view="grid", x=0.0, y=0.0):
+def inspect(session, view="grid", x=0.0, y=0.0, request: gr.Request = None):
     """The token under pixel (x, y) of the analysed image: score trace, strongest neighbours, who kept it."""
-    if x is None or y is None:
-        raise gr.Error("Give the pixel coordinates x and y of the token to inspect (or click the picture).")
-    found = views.inspect_token(need_session(session), view, float(x), float(y))
+    session = need_session(session, request)
+    try:
+        x, y = float(x), float(y)
+    except (TypeError, ValueError):
+        x = y = math.nan
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise gr.Error("Give the pixel coordinates x and y of the token to inspect as numbers (or click the picture).")
+    found = views.inspect_token(session, view, x, y)
     return found.highlight, found.trace, found.markdown
 
 
 @shown
-def inspect_click(session, view, evt: gr.SelectData):
+def inspect_click(session, view, evt: gr.SelectData, request: gr.Request = None):
     """A click on a picture (display pixels) → the same as `inspect` at the original-image pixel."""
-    session = need_session(session)
+    session = need_session(session, request)
     sx, sy = session.canvas.scale
     x, y = round(evt.index[0] / sx, 1), round(evt.index[1] / sy, 1)
     return (x, y, *inspect(session, view, x, y))
 
 
 @shown
-def iterations_gif(session, view="grid"):
+def iterations_gif(session, view="grid", request: gr.Request = None):
     """Animated GIF of G-Prune's heatmap and kept mask over the iterations."""
-    return temp_file(".gif", views.iterations_gif(need_session(session), view))
+    return temp_file(".gif", views.iterations_gif(need_session(session, request), view))
 
 
 @shown
-def export(session):
+def export(session, request: gr.Request = None):
     """ZIP with every figure, the scores and kept indices, the answers and the exact configuration."""
-    return temp_file(".zip", views.export_zip(need_session(session)))
+    return temp_file(".zip", views.export_zip(need_session(session, request)))
 
 
 def parse_ratios(text) -> list[float]:
@@ -341,9 +434,10 @@ def parse_ratios(text) -> list[float]:
     return ratios
 
 
-def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), progress=gr.Progress()):
+def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), progress=gr.Progress(),
+          request: gr.Request = None):
     """log p(unpruned answer | pruned prompt) for each method over keep ratios (one prefill each)."""
-    session = need_session(session)
+    session = need_session(session, request)
     ratios = parse_ratios(keep_ratios)
     analysis = session.analysis
     if not analysis.reference.answer_token_ids:
@@ -475,18 +569,18 @@ def build_demo() -> gr.Blocks:
                 image = ImageUpload(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                     elem_id="input-image", height=300)
                 question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, max_length=MAX_QUESTION_CHARS, lines=2)
-                keep_ratio = gr.Slider(0.01, 1.0, value=0.5, step=0.01, label="Keep ratio ρ",
-                                       info="fraction of base and of grid tokens kept (newlines always kept)")
-                methods = gr.CheckboxGroup(method_choices, value=list(METHODS), label="Methods")
+                keep_ratio = Setting(0.01, 1.0, value=0.5, step=0.01, label="Keep ratio ρ",
+                                     info="fraction of base and of grid tokens kept (newlines always kept)")
+                methods = MethodChoice(method_choices, value=list(METHODS), label="Methods")
                 with gr.Accordion("G-Prune, FastV and generation settings", open=False):
-                    threshold = gr.Slider(-1.0, 1.0, value=0.5, step=0.01, label="G-Prune threshold s",
-                                          info="edge if cosine similarity ≥ s")
-                    temperature = gr.Slider(0.001, 1.0, value=0.03, step=0.001, label="G-Prune temperature τ",
-                                            info="softmax(similarity / τ) over each token's edges")
-                    iterations = gr.Slider(0, MAX_UI_ITERATIONS, value=5, step=1, label="G-Prune iterations I")
-                    fastv_layer = gr.Slider(1, NUM_LAYERS - 1, value=DEFAULT_FASTV_LAYER, step=1, label="FastV layer K",
-                                            info=f"prune after layer K−1 (this model has {NUM_LAYERS} layers)")
-                    max_new_tokens = gr.Slider(1, 128, value=32, step=1, label="Max new tokens")
+                    threshold = Setting(-1.0, 1.0, value=0.5, step=0.01, label="G-Prune threshold s",
+                                        info="edge if cosine similarity ≥ s")
+                    temperature = Setting(0.001, 1.0, value=0.03, step=0.001, label="G-Prune temperature τ",
+                                          info="softmax(similarity / τ) over each token's edges")
+                    iterations = Setting(0, MAX_UI_ITERATIONS, value=5, step=1, label="G-Prune iterations I")
+                    fastv_layer = Setting(1, NUM_LAYERS - 1, value=DEFAULT_FASTV_LAYER, step=1, label="FastV layer K",
+                                          info=f"prune after layer K−1 (this model has {NUM_LAYERS} layers)")
+                    max_new_tokens = Setting(1, 128, value=32, step=1, label="Max new tokens")
                 run = gr.Button("Run", variant="primary", elem_id="run-button")
                 examples = example_rows()
                 if examples:
@@ -498,8 +592,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Tabs():
                     with gr.Tab("Iterations"):
                         # Maximum = the largest I the form allows, so API clients can step any run; a run narrows it.
-                        iteration = gr.Slider(0, MAX_UI_ITERATIONS, value=5, step=1, label="Iteration t", interactive=False,
-                                              elem_id="iteration-slider")
+                        iteration = Setting(0, MAX_UI_ITERATIONS, value=5, step=1, label="Iteration t", interactive=False,
+                                            elem_id="iteration-slider")
                         with gr.Row():
                             heatmap = gr.Image(label="G-Prune score after iteration t", interactive=False,
                                                elem_id="heatmap", format="jpeg", buttons=["download", "fullscreen"])

@@ -50,6 +50,10 @@ class LoadedModel:
         """The checkpoint's own chat template applied to one image and `question`, generation prompt added."""
         if not isinstance(question, str):
             raise ValueError(f"question must be a string, got {type(question).__name__}")
+        placeholder = getattr(self.processor, "image_token", None) or "<image>"
+        if placeholder in question:  # the processor would expand it into a second image's worth of tokens
+            raise ValueError(f"the question must not contain {placeholder!r}: that is the model's image placeholder, "
+                             "and the image is inserted automatically; remove it")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 

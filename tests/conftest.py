@@ -1,5 +1,14 @@
 """Shared pytest fixtures (append new fixtures below; keep each one small)."""
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 
 from gprune.loading import LoadedModel, load_model
@@ -34,33 +43,36 @@ def tiny_analysis(tiny_model):
     return analyze(tiny_model, synthetic_image(), "What is in the image?", config)
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """`python app.py` (tiny model) on a free port with GRADIO_SERVER_PORT; yields its URL, stopped at the end."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
+class AppProcess:
+    """A running `python app.py`: its URL, its `subprocess.Popen` (pid for RSS checks) and its captured output."""
 
+    def __init__(self, url, process, log_path):
+        self.url, self.process, self.log_path = url, process, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_app(folder, env=None):
+    """Start `python app.py` (tiny model) on a free port in `folder` with `env` added; stop it on exit."""
     root = Path(__file__).resolve().parent.parent
-    folder = tmp_path_factory.mktemp("app_server")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GPRUNE_MODEL="tiny", GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder))
-    env.pop("GRADIO_SERVER_NAME", None)
-    log = open(folder / "server.log", "wb")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("GRADIO_SERVER_NAME", "GPRUNE_SESSION_TTL_S", "GPRUNE_MAX_SESSIONS")}
+    full_env.update(GRADIO_SERVER_PORT=str(port), GPRUNE_MODEL="tiny", GRADIO_ANALYTICS_ENABLED="False",
+                    GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder), PYTHONUNBUFFERED="1", **(env or {}))
+    log_path = folder / "server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {process.returncode}:\n{(folder / 'server.log').read_text()}")
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log_path.read_text()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -68,9 +80,9 @@ def app_server(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"app.py did not answer on {url}:\n{(folder / 'server.log').read_text()}")
+                raise RuntimeError(f"app.py did not answer on {url}:\n{log_path.read_text()}")
             time.sleep(0.5)
-        yield url
+        yield AppProcess(url, process, log_path)
     finally:
         process.terminate()
         try:
@@ -79,3 +91,29 @@ def app_server(tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def app_process(tmp_path_factory):
+    """`python app.py` (tiny model, default settings) shared by every API test; see `AppProcess`."""
+    with running_app(tmp_path_factory.mktemp("app_server")) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def app_server(app_process) -> str:
+    """The URL of the shared `python app.py` (tiny model)."""
+    return app_process.url
+
+
+SECRET_CANARY = "hf_secret_canary_123"
+SHORT_TTL_S = 6
+SHORT_MAX_SESSIONS = 2
+
+
+@pytest.fixture(scope="session")
+def limits_app(tmp_path_factory):
+    """A second app with short session limits (TTL 6 s, 2 sessions) and a canary `HF_TOKEN` in its environment."""
+    env = dict(GPRUNE_SESSION_TTL_S=str(SHORT_TTL_S), GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY)
+    with running_app(tmp_path_factory.mktemp("limits_app"), env) as app:
+        yield app

@@ -57,6 +57,13 @@ def test_prompt_uses_chat_template(tiny_model):
     assert "What color is the car?" in tiny_model.processor.decode(ids, skip_special_tokens=True)
 
 
+def test_prompt_refuses_the_image_placeholder(tiny_model):
+    # "<image>" in the question would be expanded into a second image's tokens and break the processor.
+    with pytest.raises(ValueError, match="must not contain '<image>'"):
+        tiny_model.prompt("What is <image> here?")
+    assert "< image >" in tiny_model.prompt("What is < image > here?")
+
+
 @pytest.mark.parametrize(
     "width, height",
     [(300, 1000), (1000, 300), (672, 672), (5, 7), (4000, 3000), (640, 480)],

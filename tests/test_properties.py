@@ -86,3 +86,51 @@ def test_mass_is_conserved_for_any_features(n, d, iterations, seed):
     totals = (scores.double() * degree).sum(1)
     np.testing.assert_allclose(totals.numpy(), float(norms.sum()), rtol=1e-4)
     assert ((degree >= 1 - 1e-4) & (degree <= n * (1 + 1e-4))).all()
+
+
+@st.composite
+def degenerate_blocks(draw):
+    """A whole block of one degenerate kind: all zeros, all one duplicated row, or all one constant, at any scale."""
+    base_side = draw(st.integers(1, 5))
+    rows, cols = draw(st.integers(1, 5)), draw(st.integers(1, 7))
+    base = base_side * base_side
+    n, d = base + rows * (cols + 1), draw(st.integers(1, 12))
+    kind = draw(st.sampled_from(["zeros", "duplicate", "constant"]))
+    scale = 10.0 ** draw(st.sampled_from([-20, -3, 0, 3, 20]))
+    if kind == "zeros":
+        features = np.zeros((n, d))
+    elif kind == "duplicate":
+        features = np.tile(np.random.default_rng(draw(st.integers(0, 2**16))).normal(size=d), (n, 1)) * scale
+    else:
+        features = np.full((n, d), draw(st.floats(-3, 3))) * scale
+    return torch.from_numpy(features).float(), rows, cols, base, draw(st.floats(0.001, 1.0))
+
+
+@settings(max_examples=80, deadline=None)
+@given(degenerate_blocks())
+def test_every_method_handles_fully_degenerate_blocks(block):
+    """No structure at all (every token the same, or all zero): still valid selections at equal budgets."""
+    features, rows, cols, base, keep_ratio = block
+    selections = [
+        gprune_select(features, rows, cols, keep_ratio, base_tokens=base, neighbors=3),
+        tome_select(features, rows, cols, keep_ratio, base_tokens=base),
+        l2norm_select(features, rows, cols, keep_ratio, base_tokens=base),
+    ]
+    for selection in selections:
+        assert_valid(selection.kept_positions, rows, cols, base, keep_ratio)
+    scored = ~np.isin(np.arange(features.shape[0]), block_positions(rows, cols, base)[2].numpy())
+    assert np.isfinite(selections[0].scores[:, scored]).all()
+    assert np.isfinite(selections[1].merged_features).all()
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 7), st.floats(0.001, 1.0), st.integers(1, 3),
+       st.sampled_from([1e-30, 1.0, 1e30]), st.integers(0, 2**16))
+def test_fastv_style_selection_with_tied_scores(base_side, rows, cols, keep_ratio, distinct, scale, seed):
+    """keep_top_per_view (FastV's chooser) on scores with only 1–3 distinct values: valid and deterministic."""
+    base = base_side * base_side
+    n = base + rows * (cols + 1)
+    scores = torch.from_numpy(np.random.default_rng(seed).integers(0, distinct, n) * scale).float()
+    kept = keep_top_per_view(scores, rows, cols, keep_ratio, base).numpy()
+    assert_valid(kept, rows, cols, base, keep_ratio)
+    assert np.array_equal(kept, keep_top_per_view(scores.clone(), rows, cols, keep_ratio, base).numpy())

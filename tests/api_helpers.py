@@ -1,0 +1,49 @@
+"""Helpers shared by the API tests (test_reliability, test_security): test images and /analyze calls."""
+
+import io
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+from gradio_client import Client, handle_file
+from PIL import Image
+
+QUESTION = "What is in the image?"
+# Quick settings for cases where they don't matter: one method, 3 iterations, 2 new tokens.
+QUICK = dict(keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=3, fastv_layer=1, methods=["gprune"],
+             max_new_tokens=2, view="grid")
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def noise(width=64, height=48) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def analyze(client: Client, image, question=QUESTION, **settings):
+    upload = handle_file(str(image)) if image is not None else None
+    return client.predict(upload, question, api_name="/analyze", **{**QUICK, **settings})
+
+
+def raw_call(url: str, api_name: str, data: list) -> tuple[str, dict | list | None]:
+    """POST `data` as written (NaN and Infinity allowed, which gradio_client refuses to send); the last SSE event."""
+    base = url.rstrip("/") + "/gradio_api"
+    body = json.dumps({"data": data}, allow_nan=True)
+    response = httpx.post(f"{base}/call/{api_name}", content=body, headers={"content-type": "application/json"}, timeout=30)
+    response.raise_for_status()
+    stream = httpx.get(f"{base}/call/{api_name}/{response.json()['event_id']}", timeout=120).text
+    events = [line[len("event: "):] for line in stream.splitlines() if line.startswith("event: ")]
+    payloads = [line[len("data: "):] for line in stream.splitlines() if line.startswith("data: ")]
+    return events[-1], json.loads(payloads[-1])
+
+
+def raw_upload(url: str, path: Path) -> dict:
+    with open(path, "rb") as file:
+        response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": (path.name, file, "image/png")})
+    response.raise_for_status()
+    return {"path": response.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
