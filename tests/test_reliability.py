@@ -1,6 +1,6 @@
 """Reliability through the public API (`python app.py`, tiny model, driven with gradio_client).
 
-* the bad-input catalogue of docs/RELIABILITY.md: one parametrized case per row, each asserting the message the
+* the bad-input catalogue of the README (section "Reliability and security"): one parametrized case per row, each asserting the message the
   client receives and that the server (and the session) keeps working afterwards;
 * valid-but-unusual inputs (grayscale, RGBA, CMYK, 16-bit, palette, animated, EXIF, non-ASCII) that must work;
 * 8 concurrent sessions, each checked by content against its own inputs;
