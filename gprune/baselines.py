@@ -7,7 +7,7 @@ import time
 import torch
 
 from .checks import check_features
-from .graph import unit_and_norm
+from .graph import row_norms
 from .packed import BASE_TOKENS, check_block, keep_top_per_view
 from .result import Selection
 
@@ -15,9 +15,9 @@ from .result import Selection
 def l2norm_select(packed_features: torch.Tensor, rows: int, cols: int, keep_ratio: float, *, base_tokens: int = BASE_TOKENS) -> Selection:
     """Keep the base and grid tokens with the largest l2 norm (G-Prune's score with no graph)."""
     start = time.perf_counter()
-    check_features(packed_features, "packed_features")
+    check_features(packed_features, "packed_features", finite=False)  # row_norms finds NaN / inf
     check_block(packed_features.shape[0], rows, cols, base_tokens)
-    norms = unit_and_norm(packed_features.detach())[1].cpu()
+    norms = row_norms(packed_features.detach()).cpu()
     kept_positions = keep_top_per_view(norms, rows, cols, keep_ratio, base_tokens)
     return Selection(kept_positions=kept_positions.numpy(), scores=norms[None].numpy(), seconds=time.perf_counter() - start)
 

@@ -41,14 +41,14 @@ def check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
-def check_features(features: torch.Tensor, name: str = "features") -> torch.Tensor:
-    """Require a finite `(n, d)` tensor with n ≥ 1, d ≥ 1."""
+def check_features(features: torch.Tensor, name: str = "features", *, finite: bool = True) -> torch.Tensor:
+    """Require a `(n, d)` floating tensor with n ≥ 1, d ≥ 1, and finite unless the caller checks that itself."""
     if not isinstance(features, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (n, d), got {type(features).__name__}")
     if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] < 1:
         raise ValueError(f"{name} must have shape (n, d) with n, d >= 1, got {tuple(features.shape)}")
     if not features.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {features.dtype}")
-    if not torch.isfinite(features).all():
+    if finite and not torch.isfinite(features).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return features

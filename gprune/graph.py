@@ -17,49 +17,78 @@ from .packed import BASE_TOKENS, block_positions, check_block, keep_top_per_view
 from .result import Selection
 
 NEIGHBORS = 16
+BLOCK_ROWS = 256
+TINY = torch.finfo(torch.float32).tiny
+
+
+def row_norms(features: torch.Tensor) -> torch.Tensor:
+    """`(n,)` fp32 l2 norms of the rows; `ValueError` if a feature is NaN or infinite.
+
+    Squares overflow fp32 for entries near 1e19 and underflow near 1e-19: only those rows are redone
+    divided by their largest entry. Non-finite input shows up in the norms, so no separate n×d check.
+    """
+    features = features.float()
+    norm = torch.linalg.vector_norm(features, dim=1)
+    redo = ~torch.isfinite(norm) | (norm < 1e-18)
+    if redo.any():
+        rows = features[redo]
+        scale = rows.abs().amax(dim=1).clamp_min(TINY)
+        norm[redo] = torch.linalg.vector_norm(rows / scale[:, None], dim=1) * scale
+    if not torch.isfinite(norm).all():
+        raise ValueError("features contain NaN or infinite values (or norms beyond the float32 range)")
+    return norm
 
 
 def unit_and_norm(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(unit rows (n, d), l2 norms (n,))` in fp32, safe for norms beyond fp32's square range.
-
-    A plain fp32 norm squares the entries first: rows near 1e20 overflow to inf and rows near 1e-20
-    underflow to 0. Dividing each row by its largest entry first keeps every step in range.
-    """
-    features = features.float()
-    scale = features.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    scaled = features / scale
-    scaled_norm = scaled.norm(dim=1, keepdim=True)
-    return scaled / scaled_norm.clamp_min(1e-12), (scaled_norm * scale).squeeze(1)
+    """`(unit rows (n, d), l2 norms (n,))` in fp32 (all-zero rows stay zero)."""
+    norm = row_norms(features)
+    return features.float() / norm.clamp_min(TINY)[:, None], norm
 
 
-def transition_matrix(unit: torch.Tensor, threshold: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-stochastic transition matrix and degrees of one graph, in fp32.
+def edge_weights(unit: torch.Tensor, threshold: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric edge weights of one graph, `E = exp((C − 1)/τ)·M`, with their row sums and the degrees.
 
     Args:
-        unit: `(n, d)` fp32 unit-length token features (see `unit_and_norm`).
+        unit: `(n, d)` fp32 unit-length features (see `unit_and_norm`).
     Returns:
-        `(transition (n, n), degree (n,))`: `transition[i, j]` is the share of i's mass sent to j.
+        `(weights (n, n), row_sum (n,), degree (n,))`; the transition matrix is
+        `P = weights / row_sum[:, None]`: `P[i, j]` is the share of i's mass sent to j.
 
-    Only one n×n float matrix and one n×n bool mask are alive at a time (everything else in place).
-    The diagonal is always an edge; it is one anyway (cos = 1 ≥ s) except for an all-zero feature,
-    whose row would otherwise have no edge at all.
+    `C = ÛÛᵀ` (cosine, self-loops included) and `M = [C ≥ s]`; the diagonal is always an edge (it is one
+    anyway, cos = 1 ≥ s, except for an all-zero feature, whose row would otherwise have no edge).
+    `P` is the published row softmax over each token's edges: shifting the exponents by the constant 1,
+    the largest cosine, instead of by each row's max gives the same softmax, keeps exp() ≤ 1 and keeps
+    E symmetric. So only the upper block triangle of C is computed (half the GEMM), one block of rows
+    at a time while it is in cache; the lower triangle is mirrored, and no n×n mask is ever stored.
     """
-    transition = unit @ unit.T
-    edges = transition >= threshold
-    edges.diagonal().fill_(True)
-    degree = edges.sum(dim=1, dtype=torch.float32)
-    # Softmax over kept edges; subtracting the row max keeps exp() finite for any temperature.
-    transition.masked_fill_(~edges, float("-inf"))
-    transition.sub_(transition.amax(dim=1, keepdim=True)).div_(temperature).exp_()
-    transition.div_(transition.sum(dim=1, keepdim=True))
-    return transition, degree
+    n = unit.shape[0]
+    weights = torch.empty(n, n, dtype=torch.float32, device=unit.device)
+    row_sum = torch.zeros(n, dtype=torch.float32, device=unit.device)
+    degree = torch.zeros(n, dtype=torch.float32, device=unit.device)
+    for start in range(0, n, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, n)
+        tile = unit[start:stop] @ unit[start:].T  # rows start..stop, columns start..n
+        edges = tile >= threshold
+        edges[:, : stop - start].diagonal().fill_(True)
+        tile.sub_(1.0).div_(temperature).exp_().mul_(edges)
+        weights[start:stop, start:] = tile
+        weights[stop:, start:stop] = tile[:, stop - start :].T
+        row_sum[start:stop] += tile.sum(dim=1)
+        row_sum[stop:] += tile[:, stop - start :].sum(dim=0)
+        degree[start:stop] += edges.sum(dim=1)
+        degree[stop:] += edges[:, stop - start :].sum(dim=0)
+    return weights, row_sum, degree
 
 
-def propagate(transition: torch.Tensor, initial_mass: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Mass after each iteration as a row vector: `r⁰ = w`, `rᵗ = rᵗ⁻¹ · P`. Returns `(iterations + 1, n)`."""
+def propagate(weights: torch.Tensor, row_sum: torch.Tensor, initial_mass: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Mass after each iteration: `r⁰ = w`, `rᵗ = rᵗ⁻¹ · P`. Returns `(iterations + 1, n)`.
+
+    With `P = E / row_sum[:, None]` and E symmetric, `rᵗ⁻¹ · P = E · (rᵗ⁻¹ / row_sum)`: one mat-vec.
+    """
+    inverse_row_sum = 1.0 / row_sum.clamp_min(TINY)
     mass = [initial_mass]
     for _ in range(iterations):
-        mass.append(mass[-1] @ transition)
+        mass.append(torch.mv(weights, mass[-1] * inverse_row_sum))
     return torch.stack(mass)
 
 
@@ -73,25 +102,24 @@ def gprune_scores(
     Returns:
         `(iterations + 1, n)` float32; row t = mass after t iterations / degree (row 0 = l2 norm / degree).
     """
-    check_features(features)
+    check_features(features, finite=False)  # unit_and_norm finds NaN / inf from the norms
     check_iterations(iterations)
     unit, norm = unit_and_norm(features)
-    transition, degree = transition_matrix(unit, check_threshold(threshold), check_temperature(temperature))
-    return propagate(transition, norm, iterations) / degree
+    weights, row_sum, degree = edge_weights(unit, check_threshold(threshold), check_temperature(temperature))
+    return propagate(weights, row_sum, norm, iterations) / degree
 
 
-def strongest_sources(transition: torch.Tensor, count: int = NEIGHBORS) -> tuple[torch.Tensor, torch.Tensor]:
+def strongest_sources(weights: torch.Tensor, row_sum: torch.Tensor, count: int = NEIGHBORS) -> tuple[torch.Tensor, torch.Tensor]:
     """For each token j, the tokens i ≠ j that send it the largest share `P[i, j]` ("who feeds it").
 
     Returns `(sources (n, m), weights (n, m))` with m = min(count, n − 1); -1 / 0 where there is no edge.
     """
-    n = transition.shape[0]
-    m = min(count, n - 1)
-    incoming = transition.T.clone()
+    m = min(count, weights.shape[0] - 1)
+    incoming = weights / row_sum.clamp_min(TINY)[None, :]  # [j, i] = E[j, i] / row_sum[i] = P[i, j]
     incoming.diagonal().fill_(0.0)
-    weights, sources = torch.topk(incoming, m, dim=1)
-    sources[weights <= 0] = -1
-    return sources, weights
+    shares, sources = torch.topk(incoming, m, dim=1)
+    sources[shares <= 0] = -1
+    return sources, shares
 
 
 def gprune_keep(
@@ -134,7 +162,7 @@ def gprune_select(
     and, if `neighbors > 0`, each token's strongest in-graph sources as packed positions.
     """
     start = time.perf_counter()
-    check_features(packed_features, "packed_features")
+    check_features(packed_features, "packed_features", finite=False)  # unit_and_norm finds NaN / inf
     check_block(packed_features.shape[0], rows, cols, base_tokens)
     check_keep_ratio(keep_ratio)
     check_iterations(iterations)
@@ -150,17 +178,18 @@ def gprune_select(
     base_positions, grid_positions, _ = block_positions(rows, cols, base_tokens)
     for positions in (base_positions, grid_positions):
         unit, norm = unit_and_norm(features[positions])
-        transition, view_degree = transition_matrix(unit, threshold, temperature)
-        view_scores = propagate(transition, norm, iterations) / view_degree
+        weights, row_sum, view_degree = edge_weights(unit, threshold, temperature)
+        del unit
+        view_scores = propagate(weights, row_sum, norm, iterations) / view_degree
         scores[:, positions] = view_scores.cpu()
         degree[positions] = view_degree.cpu()
         if neighbors > 0 and len(positions) > 1:
-            view_sources, view_weights = strongest_sources(transition, neighbors)
+            view_sources, view_weights = strongest_sources(weights, row_sum, neighbors)
             m = view_sources.shape[1]
             local_to_packed = positions.to(view_sources.device)
             sources[positions, :m] = torch.where(view_sources >= 0, local_to_packed[view_sources.clamp(min=0)], -1).cpu()
             source_weights[positions, :m] = view_weights.cpu()
-        del transition
+        del weights
     kept_positions = keep_top_per_view(scores[-1], rows, cols, keep_ratio, base_tokens)
     return Selection(
         kept_positions=kept_positions.numpy(),
