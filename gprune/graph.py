@@ -39,10 +39,11 @@ def row_norms(features: torch.Tensor) -> torch.Tensor:
     return norm
 
 
-def unit_and_norm(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(unit rows (n, d), l2 norms (n,))` in fp32 (all-zero rows stay zero)."""
-    norm = row_norms(features)
-    return features.float() / norm.clamp_min(TINY)[:, None], norm
+def unit_and_norm(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(unit rows (n, d), l2 norms (n,))`: `rows`, a private fp32 copy, is normalised in place (no
+    second n×d buffer); all-zero rows stay zero."""
+    norm = row_norms(rows)
+    return rows.div_(norm.clamp_min(TINY)[:, None]), norm
 
 
 def edge_weights(unit: torch.Tensor, threshold: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +105,7 @@ def gprune_scores(
     """
     check_features(features, finite=False)  # unit_and_norm finds NaN / inf from the norms
     check_iterations(iterations)
-    unit, norm = unit_and_norm(features)
+    unit, norm = unit_and_norm(features.to(torch.float32, copy=True))
     weights, row_sum, degree = edge_weights(unit, check_threshold(threshold), check_temperature(temperature))
     return propagate(weights, row_sum, norm, iterations) / degree
 
@@ -177,7 +178,7 @@ def gprune_select(
     source_weights = torch.zeros((n, max(neighbors, 0)))
     base_positions, grid_positions, _ = block_positions(rows, cols, base_tokens)
     for positions in (base_positions, grid_positions):
-        unit, norm = unit_and_norm(features[positions])
+        unit, norm = unit_and_norm(features[positions].to(torch.float32))  # indexing copies
         weights, row_sum, view_degree = edge_weights(unit, threshold, temperature)
         del unit
         view_scores = propagate(weights, row_sum, norm, iterations) / view_degree
