@@ -1,77 +1,30 @@
 """Random-weight LLaVA-NeXT models of chosen sizes for the prefill benchmarks.
 
-gprune/tiny.py builds its config with fixed tiny widths, so the geometry pieces it does expose (tokenizer,
-processor, tile/patch size, grid pinpoints) are reused here and only the width/depth of the two towers
+gprune/tiny.py's `build_config`, tokenizer and processor are reused; only the width/depth of the two towers
 change. The packed layout, placeholder counts and chat template are therefore exactly the tiny model's,
 which are the real checkpoints' (CLIP-336/14, llava-hf pinpoints).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig
+from transformers import LlavaNextForConditionalGeneration
 
 from gprune.loading import LoadedModel
-from gprune.tiny import GRID_PINPOINTS, PATCH_SIZE, TILE_SIZE, build_processor, build_tokenizer
-
-
-@dataclass(frozen=True)
-class TextShape:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int | None = None  # None: the tokenizer's size
-    family: str = "llama"  # "llama" or "mistral" (same decoder layout; Mistral is LLaVA-NeXT-7B's)
-    rope_theta: float = 10000.0
-    max_positions: int = 8192
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    projection: int
+from gprune.tiny import TextShape, VisionShape, build_config, build_processor, build_tokenizer
 
 
 # The CPU benchmark's model: the LLM dominates (the vision tower keeps only the real geometry).
-MID_TEXT = TextShape(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816)
+MID_TEXT = TextShape(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, max_positions=8192)
 SMALL_VISION = VisionShape(hidden=32, layers=2, heads=2, intermediate=64, projection=32)
 # LLaVA-NeXT-7B (llava-hf/llava-v1.6-mistral-7b-hf): Mistral-7B text + CLIP-L/336.
 MISTRAL_7B_TEXT = TextShape(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=32064,
                             family="mistral", rope_theta=1_000_000.0, max_positions=32768)
 CLIP_L_336 = VisionShape(hidden=1024, layers=24, heads=16, intermediate=4096, projection=768)
-
-
-def build_config(tokenizer, text: TextShape, vision: VisionShape) -> LlavaNextConfig:
-    vision_config = CLIPVisionConfig(
-        image_size=TILE_SIZE, patch_size=PATCH_SIZE, hidden_size=vision.hidden, intermediate_size=vision.intermediate,
-        num_hidden_layers=vision.layers, num_attention_heads=vision.heads, projection_dim=vision.projection,
-    )
-    common = dict(
-        vocab_size=text.vocab or len(tokenizer), hidden_size=text.hidden, intermediate_size=text.intermediate,
-        num_hidden_layers=text.layers, num_attention_heads=text.heads, num_key_value_heads=text.kv_heads,
-        max_position_embeddings=text.max_positions, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )
-    if text.family == "mistral":
-        text_config = MistralConfig(**common, sliding_window=None, rope_theta=text.rope_theta)
-    else:
-        text_config = LlamaConfig(**common, rope_theta=text.rope_theta)
-    config = LlavaNextConfig(
-        vision_config=vision_config, text_config=text_config,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=GRID_PINPOINTS,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False,
-    )
-    config._attn_implementation = "sdpa"
-    return config
 
 
 def build_random_llava(text: TextShape, vision: VisionShape, *, device: str = "cpu", dtype: torch.dtype = torch.float32,

@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         loaded = load_model("tiny", device="cpu")
     else:
         shape = TextShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                          intermediate=args.intermediate)
+                          intermediate=args.intermediate, max_positions=8192)
         loaded = build_random_llava(shape, SMALL_VISION, name="bench-mid")
     model = describe(loaded)
     width, height = (int(v) for v in args.image.lower().split("x"))

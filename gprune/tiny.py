@@ -7,6 +7,8 @@ pinpoints, layer −2, CLS dropped), so the processor's placeholder counts and t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -16,6 +18,7 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    MistralConfig,
     PreTrainedTokenizerFast,
 )
 
@@ -120,30 +123,55 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextConfig:
+@dataclass(frozen=True)
+class TextShape:
+    """Size of the language model; `vocab=None` takes the tokenizer's size."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int | None = None
+    family: str = "llama"  # "llama" or "mistral" (same decoder layout; Mistral is LLaVA-NeXT-7B's)
+    rope_theta: float = 10000.0
+    max_positions: int = 4096
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """Width and depth of the CLIP tower; its geometry stays CLIP-336/14."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    projection: int
+
+
+# ≥ 3 text layers so FastV's default K = 2 prunes before some layers.
+TINY_TEXT = TextShape(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128)
+TINY_VISION = VisionShape(hidden=32, layers=2, heads=2, intermediate=64, projection=32)
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast, text: TextShape = TINY_TEXT, vision: VisionShape = TINY_VISION) -> LlavaNextConfig:
+    """A LLaVA-NeXT config with the real geometry (CLIP-336/14, llava-hf pinpoints) at the given sizes."""
     vision_config = CLIPVisionConfig(
-        image_size=TILE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        projection_dim=32,
+        image_size=TILE_SIZE, patch_size=PATCH_SIZE, hidden_size=vision.hidden, intermediate_size=vision.intermediate,
+        num_hidden_layers=vision.layers, num_attention_heads=vision.heads, projection_dim=vision.projection,
     )
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,  # ≥ 3 so FastV's default K = 2 prunes before some layers
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    common = dict(
+        vocab_size=text.vocab or len(tokenizer), hidden_size=text.hidden, intermediate_size=text.intermediate,
+        num_hidden_layers=text.layers, num_attention_heads=text.heads, num_key_value_heads=text.kv_heads,
+        max_position_embeddings=text.max_positions, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        rope_theta=text.rope_theta,
     )
-    return LlavaNextConfig(
+    if text.family == "mistral":
+        text_config = MistralConfig(**common, sliding_window=None)
+    else:
+        text_config = LlamaConfig(**common)
+    config = LlavaNextConfig(
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -151,8 +179,9 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaNextConfig:
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
     )
+    config._attn_implementation = "sdpa"
+    return config
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaNextProcessor:
