@@ -4,7 +4,7 @@ Pure methods: `gprune_scores`, `gprune_keep`, `gprune_select` (graph.py), `tome_
 `l2norm_select`, `random_select` (baselines.py). Model plumbing: loading.py, pipeline.py, llm.py.
 """
 
-from .analysis import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, run_method
+from .analysis import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, run_grid, run_method
 from .baselines import l2norm_select, random_select
 from .flops import layer_flops, prefill_flops
 from .graph import gprune_keep, gprune_scores, gprune_select
@@ -13,12 +13,13 @@ from .loading import LoadedModel, load_model
 from .packed import block_positions, keep_top_per_view, token_budget
 from .pipeline import EncodedPrompt, encode
 from .result import PruneResult, Selection
+from .timing import Timing
 from .tome import tome_select
 
 __all__ = [
-    "METHODS", "METHOD_LABELS", "Analysis", "AnalysisConfig", "analyze", "answer_stability", "run_method",
+    "METHODS", "METHOD_LABELS", "Analysis", "AnalysisConfig", "analyze", "answer_stability", "run_grid", "run_method",
     "l2norm_select", "random_select", "layer_flops", "prefill_flops", "gprune_keep", "gprune_scores",
     "gprune_select", "KIND_BASE", "KIND_GRID", "KIND_NEWLINE", "TokenLayout", "token_layout",
     "LoadedModel", "load_model", "block_positions", "keep_top_per_view", "token_budget", "EncodedPrompt",
-    "encode", "PruneResult", "Selection", "tome_select",
+    "encode", "PruneResult", "Selection", "Timing", "tome_select",
 ]

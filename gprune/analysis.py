@@ -6,7 +6,7 @@ same type so that callers (CLI, app) treat them alike.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -35,6 +35,7 @@ METHOD_LABELS = {
     "random": "Random",
 }
 MAX_NEW_TOKENS = 512
+MAX_TIMING_ROUNDS = 10
 
 Progress = Callable[[float, str], None]
 
@@ -51,6 +52,7 @@ class AnalysisConfig:
     fastv_layer: int = 2
     max_new_tokens: int = 32
     seed: int = 0
+    timing_rounds: int = 0  # > 0: time selection and prefill of every method this many times after a warm-up
 
     def validate(self, num_layers: int) -> "AnalysisConfig":
         unknown = [m for m in self.methods if m not in METHODS]
@@ -64,6 +66,8 @@ class AnalysisConfig:
             raise ValueError(f"fastv_layer (K) must be a whole number from 1 to {num_layers - 1} for this model, got {self.fastv_layer!r}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens must be from 1 to {MAX_NEW_TOKENS}, got {self.max_new_tokens!r}")
+        if isinstance(self.timing_rounds, bool) or not isinstance(self.timing_rounds, int) or not 0 <= self.timing_rounds <= MAX_TIMING_ROUNDS:
+            raise ValueError(f"timing_rounds must be a whole number from 0 to {MAX_TIMING_ROUNDS}, got {self.timing_rounds!r}")
         return self
 
 
@@ -182,6 +186,22 @@ def analyze(
         analysis.results[method] = run_method(loaded, encoded, method, config)
     report(1.0, "done")
     return analysis
+
+
+def run_grid(
+    loaded: LoadedModel, encoded: EncodedPrompt, config: AnalysisConfig, keep_ratios: list[float],
+) -> tuple[PruneResult, dict[tuple[str, float], PruneResult]]:
+    """The unpruned reference once, then every method of `config.methods` at every keep ratio, on one
+    encoded prompt (the vision tower ran once, in `encode`). Returns `(reference, {(method, ratio): result})`."""
+    config.validate(loaded.model.config.text_config.num_hidden_layers)
+    ratios = [check_keep_ratio(r) for r in keep_ratios]
+    reference = run_method(loaded, encoded, "unpruned", config)
+    results = {}
+    for ratio in ratios:
+        at_ratio = replace(config, keep_ratio=ratio)
+        for method in config.methods:
+            results[(method, ratio)] = run_method(loaded, encoded, method, at_ratio)
+    return reference, results
 
 
 def answer_stability(

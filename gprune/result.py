@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .timing import Timing
+
 
 @dataclass
 class Selection:
@@ -57,6 +59,9 @@ class PruneResult:
 
     `method` is one of `gprune.METHODS` or `"unpruned"`. Token counts are visual tokens of the image
     block; `sequence_*` count the whole prompt. FLOPs are theoretical prefill FLOPs (METHOD.md §5).
+    `prefill_seconds` is the single prefill of the answer run (not a measurement on its own);
+    `selection_timing` / `prefill_timing` are repeated runs after a warm-up when the analysis asked for
+    timing rounds, else None.
     """
 
     method: str
@@ -72,6 +77,8 @@ class PruneResult:
     decode_seconds_per_token: float
     answer: str
     answer_token_ids: list[int] = field(default_factory=list)
+    selection_timing: Timing | None = None
+    prefill_timing: Timing | None = None
 
     @property
     def kept_positions(self) -> np.ndarray:
@@ -97,5 +104,7 @@ class PruneResult:
             "selection_seconds": self.selection.seconds,
             "prefill_seconds": self.prefill_seconds,
             "decode_seconds_per_token": self.decode_seconds_per_token,
+            "selection_timing": self.selection_timing.summary() if self.selection_timing else None,
+            "prefill_timing": self.prefill_timing.summary() if self.prefill_timing else None,
             "answer": self.answer,
         }
