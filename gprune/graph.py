@@ -61,6 +61,10 @@ def edge_weights(unit: torch.Tensor, threshold: float, temperature: float) -> tu
     the largest cosine, instead of by each row's max gives the same softmax, keeps exp() ≤ 1 and keeps
     E symmetric. So only the upper block triangle of C is computed (half the GEMM), one block of rows
     at a time while it is in cache; the lower triangle is mirrored, and no n×n mask is ever stored.
+
+    The degree counts the edges whose fp32 weight is non-zero, as the published code does
+    (`sum(softmax > 0)`): at a small τ, exp((C − 1)/τ) underflows for weak edges, and those edges then
+    count neither in the propagation nor in the degree. In exact arithmetic this is `Σ_j M_ij`.
     """
     n = unit.shape[0]
     weights = torch.empty(n, n, dtype=torch.float32, device=unit.device)
@@ -76,8 +80,9 @@ def edge_weights(unit: torch.Tensor, threshold: float, temperature: float) -> tu
         weights[stop:, start:stop] = tile[:, stop - start :].T
         row_sum[start:stop] += tile.sum(dim=1)
         row_sum[stop:] += tile[:, stop - start :].sum(dim=0)
-        degree[start:stop] += edges.sum(dim=1)
-        degree[stop:] += edges[:, stop - start :].sum(dim=0)
+        nonzero = torch.gt(tile, 0.0, out=edges)  # reuse the mask's memory: edges that survived exp()
+        degree[start:stop] += nonzero.sum(dim=1)
+        degree[stop:] += nonzero[:, stop - start :].sum(dim=0)
     return weights, row_sum, degree
 
 

@@ -22,14 +22,18 @@ def _merge_round(features: torch.Tensor, sizes: torch.Tensor, r: int):
     index = torch.arange(n, device=features.device)
     a_index, b_index = index[0::2], index[1::2]
     destination = index.clone()  # destination[i] = input token that i is folded into (itself if it stays)
+    unmerged_a = a_index
     if r > 0:
         unit = F.normalize(features, dim=-1)  # zero rows stay zero: similarity 0 to everything
         best_score, best_b = (unit[a_index] @ unit[b_index].T).max(dim=-1)
-        # Stable descending sort: among equal scores the lower-index A token merges first.
-        merged_a = torch.sort(best_score, descending=True, stable=True).indices[:r]
+        # Stable descending sort: among equal scores the lower-index A token comes first.
+        ranking = torch.sort(best_score, descending=True, stable=True).indices
+        merged_a = ranking[:r]
         destination[a_index[merged_a]] = b_index[best_b[merged_a]]
-    survivors = index[destination == index]
-    # Outputs follow the survivors' input order, so output j's index order matches raster order.
+        unmerged_a = a_index[ranking[r:]]
+    # ToMe's output order: the unmerged A tokens by descending best-match score, then every B token. The
+    # next round splits this order into A and B again, so it decides which tokens can merge later.
+    survivors = torch.cat([unmerged_a, b_index]) if r > 0 else index
     new_index = torch.full_like(index, -1)
     new_index[survivors] = torch.arange(survivors.shape[0], device=features.device)
     assignment = new_index[destination]
@@ -46,8 +50,8 @@ def bipartite_merge_round(features: torch.Tensor, sizes: torch.Tensor, r: int):
     A = even indices, B = odd indices; each A token's best B match by cosine similarity; the r A
     tokens with the highest best-match score fold into their match (several may share one B) as a
     size-weighted average `x_b ← Σ s·x / Σ s`, and sizes add.
-    Unlike ToMe, which outputs `[unmerged A, B]`, the survivors (unmerged A and all B) keep their
-    original relative order: output order then follows the tokens' positions (raster order).
+    The output order is ToMe's (`merge.py`): `[unmerged A by descending best-match score, all B]`
+    (with r = 0 nothing moves). Over several rounds this order decides the next A/B split.
 
     Args:
         features: `(n, d)` float features (computed in float32).
@@ -92,6 +96,11 @@ def tome_merge(features: torch.Tensor, target: int):
         r = min(features.shape[0] - target, features.shape[0] // 2)
         features, sizes, assignment, survivors = _merge_round(features, sizes, r)
         owner, representatives = assignment[owner], representatives[survivors]
+    # Outputs in ascending representative order (raster order of the positions they take).
+    order = torch.argsort(representatives)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(target, device=order.device)
+    features, owner, representatives = features[order], rank[owner], representatives[order]
     # Stable sort by owner lists each group's members in ascending original index.
     members = torch.argsort(owner, stable=True).cpu()
     counts = torch.bincount(owner, minlength=target).cpu().tolist()

@@ -13,6 +13,18 @@ import pytest
 
 from gprune.loading import LoadedModel, load_model
 
+# Test vectors of the published G-Prune formulation kept beside the checkout, never in the repository.
+REFERENCE_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"
+collect_ignore = [] if REFERENCE_VECTORS.is_dir() else ["test_reference_vectors.py"]
+
+
+def pytest_report_header(config):
+    if REFERENCE_VECTORS.is_dir():
+        return f"reference vectors: {len(list(REFERENCE_VECTORS.glob('*.npz')))} files in {REFERENCE_VECTORS}"
+    return (f"reference vectors: none at {REFERENCE_VECTORS} (a folder kept beside the checkout, not in the repository), "
+            "so tests/test_reference_vectors.py is not collected; test_graph.py checks the same formulation against "
+            "independent float64 and fp32 transcriptions of the published code on every run")
+
 
 @pytest.fixture(scope="session")
 def tiny_model() -> LoadedModel:

@@ -24,7 +24,8 @@ def reference_round(features: np.ndarray, sizes: np.ndarray, r: int):
         best.append((similarities[j], b_tokens[j]))
     ranking = sorted(range(len(best)), key=lambda i: -best[i][0])  # Python's sort is stable
     folded_into = {a_tokens[i]: best[i][1] for i in ranking[:r]}
-    survivors = [i for i in range(n) if i not in folded_into]
+    # ToMe's merge.py output order: unmerged A by descending score, then B (identity when r = 0).
+    survivors = [a_tokens[i] for i in ranking[r:]] + b_tokens if r > 0 else list(range(n))
     output_of = {token: k for k, token in enumerate(survivors)}
     assignment = np.array([output_of[folded_into.get(i, i)] for i in range(n)])
     new_sizes = np.zeros(len(survivors))
@@ -51,11 +52,11 @@ def test_round_matches_reference(n):
         np.testing.assert_allclose(new_features.numpy(), expected_features, rtol=1e-5, atol=1e-6)
 
 
-def test_round_several_a_into_one_b_keeps_raster_order():
+def test_round_several_a_into_one_b():
     # Tokens 0, 2 and 4 (A) all point the same way as token 3 (B); token 1 (B) is orthogonal.
     features = torch.tensor([[1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [1.0, 0.05], [2.0, 0.1]])
     new_features, new_sizes, assignment = bipartite_merge_round(features, torch.ones(5), 3)
-    assert assignment.tolist() == [1, 0, 1, 1, 1]  # survivors 1, 3 in their original order
+    assert assignment.tolist() == [1, 0, 1, 1, 1]  # no A left; B tokens 1, 3 in their order
     assert new_sizes.tolist() == [1.0, 4.0]
     torch.testing.assert_close(new_features[1], features[[0, 2, 3, 4]].mean(0))
     torch.testing.assert_close(new_features[0], features[1])
@@ -70,6 +71,35 @@ def test_rounds_track_sizes_as_group_lengths():
         assert torch.equal(sizes, torch.bincount(owner, minlength=current.shape[0]).float())
         for j in range(current.shape[0]):  # repeated size-weighted averages = plain group mean
             torch.testing.assert_close(current[j], features[owner == j].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_round_order_is_tomes_unmerged_a_by_score_then_b():
+    # A = 0, 2, 4, 6; B = 1, 3, 5. Token 6 matches B best, then 2, then 0; 4 is orthogonal to every B.
+    features = torch.tensor([[1.0, 0.5, 0], [1.0, 0, 0], [1.0, 0.3, 0], [0, 0, 1.0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 0.1, 0]])
+    _, _, assignment = bipartite_merge_round(features, torch.ones(7), 1)
+    # Token 6 merges into B token 1; the unmerged A tokens follow in descending score: 2, 0, 4; then B: 1, 3, 5.
+    assert assignment.tolist() == [1, 3, 0, 4, 2, 5, 3]
+
+
+def reference_merge(features: np.ndarray, target: int) -> list[list[int]]:
+    """ToMe's rounds as its merge.py orders them, in float64 with loops: the groups of original tokens."""
+    current = [[i] for i in range(len(features))]
+    values, sizes = features.astype(np.float64), np.ones(len(features))
+    while len(current) > target:
+        r = min(len(current) - target, len(current) // 2)
+        merged, sizes, assignment = reference_round(values, sizes, r)
+        groups = [[] for _ in range(len(merged))]
+        for i, j in enumerate(assignment):
+            groups[j] += current[i]
+        values, current = merged, groups
+    return sorted(sorted(g) for g in current)
+
+
+@pytest.mark.parametrize("n, target", [(1455, 300), (77, 10), (40, 9)])
+def test_multi_round_groups_match_tomes_order(n, target):
+    features = np.random.default_rng(n).normal(size=(n, 8))
+    _, groups, _ = tome_merge(torch.tensor(features, dtype=torch.float32), target)
+    assert sorted(g.tolist() for g in groups) == reference_merge(features, target)
 
 
 @pytest.mark.parametrize("target", [1, 2, 7, 20, 33, 34])
