@@ -6,7 +6,8 @@ same type so that callers (CLI, app) treat them alike.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,11 +19,12 @@ from .checks import check_iterations, check_keep_ratio, check_temperature, check
 from .flops import prefill_flops
 from .graph import gprune_select
 from .layout import TokenLayout
-from .llm import FastVPlan
 from .loading import LoadedModel
 from .packed import keep_top_per_view
-from .pipeline import EncodedPrompt, answer_log_probability, encode, generate, kept_sequence
+from .pipeline import (EncodedPrompt, Generation, Prompt, answer_log_probabilities, encode, generate_many, kept_sequence,
+                       prefill_prompt)
 from .result import PruneResult, Selection
+from .timing import Timing
 from .tome import tome_select
 
 METHODS = ("gprune", "fastv", "tome", "l2norm", "random")
@@ -101,64 +103,70 @@ class Analysis:
         }
 
 
-def select_before_llm(method: str, encoded: EncodedPrompt, config: AnalysisConfig, keep_ratio: float) -> Selection:
-    """Selection of a method that prunes the packed features before the language model."""
-    features, layout = encoded.packed_features, encoded.layout
-    rows, cols, base = layout.rows, layout.cols, layout.base_tokens
+def select_before_llm(method: str, packed_features: torch.Tensor, rows: int, cols: int, base_tokens: int,
+                      config: AnalysisConfig, keep_ratio: float) -> Selection:
+    """Selection of a method that prunes one image's packed features `(n, d)` before the language model."""
     if method == "gprune":
-        return gprune_select(features, rows, cols, keep_ratio, iterations=config.iterations,
-                             threshold=config.threshold, temperature=config.temperature, base_tokens=base)
+        return gprune_select(packed_features, rows, cols, keep_ratio, iterations=config.iterations,
+                             threshold=config.threshold, temperature=config.temperature, base_tokens=base_tokens)
     if method == "tome":
-        return tome_select(features, rows, cols, keep_ratio, base_tokens=base)
+        return tome_select(packed_features, rows, cols, keep_ratio, base_tokens=base_tokens)
     if method == "l2norm":
-        return l2norm_select(features, rows, cols, keep_ratio, base_tokens=base)
+        return l2norm_select(packed_features, rows, cols, keep_ratio, base_tokens=base_tokens)
     if method == "random":
-        return random_select(features.shape[0], rows, cols, keep_ratio, seed=config.seed, base_tokens=base)
+        return random_select(packed_features.shape[0], rows, cols, keep_ratio, seed=config.seed, base_tokens=base_tokens)
     raise ValueError(f"{method!r} does not prune before the language model")
 
 
-def fastv_plan(encoded: EncodedPrompt, config: AnalysisConfig, keep_ratio: float) -> FastVPlan:
-    """FastV at layer K, scored by the last prompt token's head-averaged attention, G-Prune's budget split."""
-    layout = encoded.layout
-
-    def choose(image_attention: torch.Tensor) -> torch.Tensor:
-        return keep_top_per_view(image_attention, layout.rows, layout.cols, keep_ratio, layout.base_tokens)
-
-    return FastVPlan(config.fastv_layer, encoded.length - 1, encoded.image_start, encoded.image_end, choose)
+def fastv_choose(rows: int, cols: int, base_tokens: int, keep_ratio: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """FastV's choice from its `(n_image,)` attention row: G-Prune's budget split (fair comparison)."""
+    return lambda image_attention: keep_top_per_view(image_attention, rows, cols, keep_ratio, base_tokens)
 
 
-def run_method(loaded: LoadedModel, encoded: EncodedPrompt, method: str, config: AnalysisConfig) -> PruneResult:
-    """Select (or plan) with `method`, run the model on the result, and measure it. `"unpruned"` = reference."""
-    text = loaded.model.config.text_config
-    fastv = None
-    if method == "unpruned":
-        selection = Selection(kept_positions=np.arange(encoded.packed_features.shape[0]))
-    elif method == "fastv":
-        fastv = fastv_plan(encoded, config, config.keep_ratio)
-        selection = Selection(kept_positions=np.arange(encoded.packed_features.shape[0]))
+def method_prompt(encoded: EncodedPrompt, method: str, config: AnalysisConfig, keep_ratio: float) -> tuple[Prompt, Selection | None]:
+    """The prompt a method runs (pruned before the LLM, or full with a FastV plan) and its selection
+    (None for FastV, which selects inside the LLM; the unpruned reference keeps everything)."""
+    layout, n = encoded.layout, encoded.packed_features.shape[0]
+    if method in ("unpruned", "fastv"):
+        selection = Selection(kept_positions=np.arange(n))
     else:
-        selection = select_before_llm(method, encoded, config, config.keep_ratio)
+        selection = select_before_llm(method, encoded.packed_features, layout.rows, layout.cols, layout.base_tokens,
+                                      config, keep_ratio)
     sequence_index, embeds = kept_sequence(encoded, selection)
-    generation = generate(loaded, encoded, sequence_index, embeds, max_new_tokens=config.max_new_tokens, fastv=fastv)
-    if fastv is not None:
-        image_part = generation.sequence_index[(generation.sequence_index >= encoded.image_start) & (generation.sequence_index < encoded.image_end)]
-        selection = Selection(
-            kept_positions=(image_part - encoded.image_start).cpu().numpy(),
-            scores=generation.image_attention[None].numpy(),
-            seconds=generation.fastv_selection_seconds,
-        )
+    fastv = None
+    if method == "fastv":
+        fastv = (config.fastv_layer, (encoded.image_start, encoded.image_end),
+                 fastv_choose(layout.rows, layout.cols, layout.base_tokens, keep_ratio))
+    return Prompt(sequence_index, embeds, encoded.length, fastv), None if method == "fastv" else selection
+
+
+def fastv_selection(seen: torch.Tensor, image_start: int, image_end: int, image_attention: torch.Tensor,
+                    seconds: float) -> Selection:
+    """FastV's decision as a `Selection`: the image tokens its last layer saw (`seen`: prompt indices) as
+    packed positions, scored by its `(n_image,)` attention row."""
+    kept = seen[(seen >= image_start) & (seen < image_end)] - image_start
+    return Selection(kept_positions=kept.cpu().numpy().astype(np.int64), scores=image_attention[None].numpy(),
+                     seconds=seconds)
+
+
+def _result(loaded: LoadedModel, encoded: EncodedPrompt, method: str, config: AnalysisConfig, keep_ratio: float,
+            selection: Selection | None, generation: Generation) -> PruneResult:
+    if selection is None:
+        selection = fastv_selection(generation.sequence_index, encoded.image_start, encoded.image_end,
+                                    generation.image_attention, generation.fastv_selection_seconds)
+    text = loaded.model.config.text_config
     n_visual = encoded.packed_features.shape[0]
     sequence_after = encoded.length - n_visual + len(selection.kept_positions)
     shape = dict(hidden=text.hidden_size, ffn=text.intermediate_size, layers=text.num_hidden_layers)
     return PruneResult(
         method=method,
-        keep_ratio=1.0 if method == "unpruned" else config.keep_ratio,
+        keep_ratio=1.0 if method == "unpruned" else keep_ratio,
         selection=selection,
         tokens_before=n_visual,
         tokens_after=len(selection.kept_positions),
         sequence_before=encoded.length,
         sequence_after=sequence_after,
-        flops=prefill_flops(encoded.length, sequence_after, prune_layer=config.fastv_layer if fastv else 0, **shape),
+        flops=prefill_flops(encoded.length, sequence_after, prune_layer=config.fastv_layer if method == "fastv" else 0, **shape),
         flops_unpruned=prefill_flops(encoded.length, encoded.length, **shape),
         prefill_seconds=generation.prefill_seconds,
         decode_seconds_per_token=generation.decode_seconds_per_token,
@@ -167,23 +175,73 @@ def run_method(loaded: LoadedModel, encoded: EncodedPrompt, method: str, config:
     )
 
 
+def run_methods(loaded: LoadedModel, encoded: EncodedPrompt, jobs: list[tuple[str, float]], config: AnalysisConfig,
+                *, batched: bool = True, report: Progress | None = None) -> list[PruneResult]:
+    """Select with each `(method, keep_ratio)` job ("unpruned" = the reference), then generate every answer:
+    each prompt is prefilled alone, and all are decoded as one batch (`batched=False`: one after another)."""
+    report = report or (lambda fraction, message: None)
+    prompts, selections = [], []
+    for index, (method, ratio) in enumerate(jobs):
+        report(index / (len(jobs) + 1), f"selecting with {METHOD_LABELS[method]}")
+        prompt, selection = method_prompt(encoded, method, config, ratio)
+        prompts.append(prompt)
+        selections.append(selection)
+    report(len(jobs) / (len(jobs) + 1), f"generating {len(jobs)} answers" + (" as one batch" if batched else ""))
+    generations = generate_many(loaded, prompts, max_new_tokens=config.max_new_tokens, batched=batched)
+    results = [_result(loaded, encoded, method, config, ratio, selection, generation)
+               for (method, ratio), selection, generation in zip(jobs, selections, generations)]
+    if config.timing_rounds:
+        report(1.0, f"timing {config.timing_rounds} rounds")
+        time_rounds(loaded, encoded, config, jobs, prompts, results)
+    return results
+
+
+def time_rounds(loaded: LoadedModel, encoded: EncodedPrompt, config: AnalysisConfig, jobs: list[tuple[str, float]],
+                prompts: list[Prompt], results: list[PruneResult]) -> None:
+    """Time every job's selection and prefill `config.timing_rounds` more times (the answer run was the
+    warm-up), interleaved in rotating order so that a slow moment of the machine hits every method alike.
+    FastV's selection happens inside its prefill, so its prefill time includes it."""
+    selection_samples = [[] for _ in jobs]
+    prefill_samples = [[] for _ in jobs]
+    layout = encoded.layout
+    for round_index in range(config.timing_rounds):
+        order = list(range(len(jobs)))
+        order = order[round_index % len(order):] + order[: round_index % len(order)]
+        for i in order:
+            method, ratio = jobs[i]
+            if method not in ("unpruned", "fastv"):
+                start = time.perf_counter()
+                select_before_llm(method, encoded.packed_features, layout.rows, layout.cols, layout.base_tokens, config, ratio)
+                selection_samples[i].append(time.perf_counter() - start)
+            out, _, seconds = prefill_prompt(loaded, prompts[i])
+            prefill_samples[i].append(seconds)
+            if method == "fastv":
+                selection_samples[i].append(out.selection_seconds)
+    for result, selected, prefilled in zip(results, selection_samples, prefill_samples):
+        result.selection_timing = Timing(tuple(selected)) if selected else None
+        result.prefill_timing = Timing(tuple(prefilled))
+
+
+def run_method(loaded: LoadedModel, encoded: EncodedPrompt, method: str, config: AnalysisConfig) -> PruneResult:
+    """Select (or plan) with `method`, run the model on the result, and measure it. `"unpruned"` = reference."""
+    return run_methods(loaded, encoded, [(method, config.keep_ratio)], config)[0]
+
+
 def analyze(
     loaded: LoadedModel, image: Image.Image, question: str, config: AnalysisConfig = AnalysisConfig(),
     progress: Progress | None = None,
 ) -> Analysis:
-    """The unpruned reference, then each method in `config.methods`, on one image + question."""
+    """The unpruned reference and each method of `config.methods` on one image + question: one vision pass,
+    one prefill per method, every answer decoded in one batch."""
     config.validate(loaded.model.config.text_config.num_hidden_layers)
     report = progress or (lambda fraction, message: None)
     report(0.0, "encoding image")
     encoded = encode(loaded, image, question)
-    steps = 1 + len(config.methods)
-    report(1 / (steps + 1), "running the unpruned model")
-    reference = run_method(loaded, encoded, "unpruned", config)
+    jobs = [("unpruned", 1.0)] + [(method, config.keep_ratio) for method in config.methods]
+    results = run_methods(loaded, encoded, jobs, config, report=lambda f, message: report(0.1 + 0.9 * f, message))
     features = encoded.packed_features.detach().float().cpu().numpy()
-    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, reference)
-    for index, method in enumerate(config.methods):
-        report((index + 2) / (steps + 1), f"running {METHOD_LABELS[method]}")
-        analysis.results[method] = run_method(loaded, encoded, method, config)
+    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, results[0])
+    analysis.results = {result.method: result for result in results[1:]}
     report(1.0, "done")
     return analysis
 
@@ -192,23 +250,21 @@ def run_grid(
     loaded: LoadedModel, encoded: EncodedPrompt, config: AnalysisConfig, keep_ratios: list[float],
 ) -> tuple[PruneResult, dict[tuple[str, float], PruneResult]]:
     """The unpruned reference once, then every method of `config.methods` at every keep ratio, on one
-    encoded prompt (the vision tower ran once, in `encode`). Returns `(reference, {(method, ratio): result})`."""
+    encoded prompt (the vision tower ran once, in `encode`); all answers are decoded as one batch.
+    Returns `(reference, {(method, ratio): result})`."""
     config.validate(loaded.model.config.text_config.num_hidden_layers)
     ratios = [check_keep_ratio(r) for r in keep_ratios]
-    reference = run_method(loaded, encoded, "unpruned", config)
-    results = {}
-    for ratio in ratios:
-        at_ratio = replace(config, keep_ratio=ratio)
-        for method in config.methods:
-            results[(method, ratio)] = run_method(loaded, encoded, method, at_ratio)
-    return reference, results
+    jobs = [("unpruned", 1.0)] + [(method, ratio) for ratio in ratios for method in config.methods]
+    results = run_methods(loaded, encoded, jobs, config)
+    return results[0], {job: result for job, result in zip(jobs[1:], results[1:])}
 
 
 def answer_stability(
     loaded: LoadedModel, encoded: EncodedPrompt, answer_token_ids: list[int], keep_ratios: list[float],
     config: AnalysisConfig = AnalysisConfig(), progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
-    """log p(unpruned answer | pruned prompt) for each method and keep ratio (one prefill each).
+    """log p(unpruned answer | pruned prompt) for each method and keep ratio (one teacher-forced prefill
+    each; prompts of equal length are prefilled as one batch).
 
     Returns `{method: (len(keep_ratios),) float64}` plus `"unpruned"`: the reference log-probability
     repeated, for a flat line in plots.
@@ -216,20 +272,14 @@ def answer_stability(
     config.validate(loaded.model.config.text_config.num_hidden_layers)
     ratios = [check_keep_ratio(r) for r in keep_ratios]
     report = progress or (lambda fraction, message: None)
-    full = Selection(kept_positions=np.arange(encoded.packed_features.shape[0]))
-    full_index, full_embeds = kept_sequence(encoded, full)
-    reference = answer_log_probability(loaded, encoded, full_index, full_embeds, answer_token_ids)
-    curves = {"unpruned": np.full(len(ratios), reference)}
-    total = len(config.methods) * len(ratios)
+    jobs = [("unpruned", 1.0)] + [(method, ratio) for method in config.methods for ratio in ratios]
+    prompts = []
+    for index, (method, ratio) in enumerate(jobs):
+        report(index / (len(jobs) + 1), f"{METHOD_LABELS[method]} at keep ratio {ratio:g}")
+        prompts.append(method_prompt(encoded, method, config, ratio)[0])
+    report(len(jobs) / (len(jobs) + 1), f"scoring the answer under {len(jobs)} prompts")
+    values = answer_log_probabilities(loaded, prompts, answer_token_ids)
+    curves = {"unpruned": np.full(len(ratios), values[0])}
     for m, method in enumerate(config.methods):
-        values = []
-        for r, ratio in enumerate(ratios):
-            report((m * len(ratios) + r) / total, f"{METHOD_LABELS[method]} at keep ratio {ratio:g}")
-            if method == "fastv":
-                index, embeds, fastv = full_index, full_embeds, fastv_plan(encoded, config, ratio)
-            else:
-                index, embeds = kept_sequence(encoded, select_before_llm(method, encoded, config, ratio))
-                fastv = None
-            values.append(answer_log_probability(loaded, encoded, index, embeds, answer_token_ids, fastv))
-        curves[method] = np.array(values)
+        curves[method] = np.array(values[1 + m * len(ratios) : 1 + (m + 1) * len(ratios)])
     return curves

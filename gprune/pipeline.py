@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from PIL import Image
 
 from .layout import TokenLayout, token_layout
-from .llm import FastVPlan, decode_step, prefill
+from .llm import DecodeState, FastVPlan, PrefillOutput, Rows, decode_step, merge_states, prefill
 from .loading import LoadedModel
 from .result import Selection
 
@@ -40,11 +41,6 @@ class EncodedPrompt:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -74,9 +70,28 @@ def encode(loaded: LoadedModel, image: Image.Image, question: str) -> EncodedPro
     return EncodedPrompt(inputs["input_ids"], embeds, image_start, image_end, packed_features, layout)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """One (possibly pruned) prompt for the language model.
+
+    Attributes:
+        sequence_index: `(L',)` original index of each kept token in the unpruned prompt (= its position id).
+        inputs_embeds: `(1, L', d)` embeddings of the kept tokens (merged features swapped in).
+        length: L, the unpruned prompt's length: generated token t sits at position L + t.
+        fastv: `(layer K, image span in these L' tokens, choose)` when FastV prunes this prompt inside the LLM.
+    """
+
+    sequence_index: torch.Tensor
+    inputs_embeds: torch.Tensor
+    length: int
+    fastv: tuple[int, tuple[int, int], Callable[[torch.Tensor], torch.Tensor]] | None = None
+
+
 @dataclass
 class Generation:
-    """Greedy answer of one run. `sequence_index`: prompt indices the last layer saw."""
+    """Greedy answer of one prompt. `sequence_index`: prompt indices the last layer saw; `prefill_seconds`:
+    this prompt's own prefill (one sample); `decode_seconds_per_token`: one decode step of the batch it was
+    decoded in (shared by the batch's rows)."""
 
     answer_token_ids: list[int]
     answer: str
@@ -87,88 +102,170 @@ class Generation:
     decode_seconds_per_token: float
 
 
+def splice_image(embeds: torch.Tensor, image_start: int, image_end: int, packed_features: torch.Tensor,
+                 selection: Selection) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prompt with its image span `[image_start, image_end)` replaced by the selection's kept tokens.
+
+    Args:
+        embeds: `(L, d)` prompt embeddings (what the span holds does not matter).
+        packed_features: `(n, d)` the image's packed features, `n = image_end − image_start`.
+    Returns:
+        `(sequence_index (L',), embeds (L', d))`; kept tokens take their packed features, or the
+        selection's merged features (ToMe).
+    """
+    device = embeds.device
+    kept = torch.as_tensor(selection.kept_positions, device=device)
+    if selection.merged_features is not None:
+        image = torch.as_tensor(selection.merged_features).to(device=device, dtype=embeds.dtype)
+    else:
+        image = packed_features[kept].to(embeds.dtype)
+    sequence_index = torch.cat([torch.arange(image_start, device=device), kept + image_start,
+                                torch.arange(image_end, embeds.shape[0], device=device)])
+    return sequence_index, torch.cat([embeds[:image_start], image, embeds[image_end:]])
+
+
 def kept_sequence(encoded: EncodedPrompt, selection: Selection) -> tuple[torch.Tensor, torch.Tensor]:
     """The pruned prompt: `(sequence_index (L',), inputs_embeds (1, L', d))`, merged features swapped in."""
-    device = encoded.inputs_embeds.device
-    kept_in_span = torch.as_tensor(selection.kept_positions, device=device) + encoded.image_start
-    sequence_index = torch.cat([
-        torch.arange(encoded.image_start, device=device),
-        kept_in_span,
-        torch.arange(encoded.image_end, encoded.length, device=device),
-    ])
-    embeds = encoded.inputs_embeds[:, sequence_index]
-    if selection.merged_features is not None:
-        merged = torch.as_tensor(selection.merged_features).to(device=device, dtype=embeds.dtype)
-        embeds[0, encoded.image_start : encoded.image_start + len(kept_in_span)] = merged
-    return sequence_index, embeds
+    sequence_index, embeds = splice_image(encoded.inputs_embeds[0], encoded.image_start, encoded.image_end,
+                                          encoded.packed_features, selection)
+    return sequence_index, embeds[None]
+
+
+def _fastv_plan(prompts: list[Prompt]) -> FastVPlan | None:
+    """One batch plan from the prompts' own FastV settings (rows without FastV are not pruned)."""
+    layers = {p.fastv[0] for p in prompts if p.fastv is not None}
+    if not layers:
+        return None
+    if len(layers) > 1:
+        raise ValueError(f"prompts batched together must share FastV's layer K, got {sorted(layers)}")
+    spans = tuple(p.fastv[1] if p.fastv is not None else None for p in prompts)
+    queries = tuple(p.inputs_embeds.shape[1] - 1 for p in prompts)
+    choosers = [p.fastv[2] if p.fastv is not None else None for p in prompts]
+    return FastVPlan(layers.pop(), spans, queries, lambda row, attention: choosers[row](attention))
+
+
+def _rows(prompts: list[Prompt]) -> Rows:
+    return Rows.pad([p.inputs_embeds[0] for p in prompts], [p.sequence_index for p in prompts])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    """Stop tokens: the generation config's EOS ids and the tokenizer's EOS (checkpoints differ in which they set)."""
+    ids = set()
+    for eos in (loaded.model.generation_config.eos_token_id, loaded.processor.tokenizer.eos_token_id):
+        ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    return ids
 
 
 @torch.no_grad()
-def generate(
-    loaded: LoadedModel,
-    encoded: EncodedPrompt,
-    sequence_index: torch.Tensor,
-    inputs_embeds: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    fastv: FastVPlan | None = None,
-) -> Generation:
-    """Greedy decoding from a (possibly pruned) prompt; position ids are the original indices and
-    generated token t sits at `L_original + t` (METHOD.md §2.8)."""
-    language_model = loaded.model.model.language_model
-    embed_tokens = loaded.model.get_input_embeddings()
-    eos_ids = set(_eos_ids(loaded))
+def prefill_prompt(loaded: LoadedModel, prompt: Prompt) -> tuple[PrefillOutput, torch.Tensor, float]:
+    """Prefill one prompt alone: `(output, greedy first token (1,), wall seconds up to that token)`."""
     _sync(loaded.device)
     start = time.perf_counter()
-    out = prefill(language_model, inputs_embeds, sequence_index[None], fastv)
-    next_id = int(loaded.model.lm_head(out.hidden[:, -1]).argmax(-1))
+    out = prefill(loaded.model.model.language_model, _rows([prompt]), _fastv_plan([prompt]))
+    first_id = loaded.model.lm_head(out.hidden[:, -1]).argmax(-1)
     _sync(loaded.device)
-    prefill_seconds = time.perf_counter() - start
+    return out, first_id, time.perf_counter() - start
 
-    token_ids: list[int] = []
-    decode_steps = 0
+
+@torch.no_grad()
+def generate_many(loaded: LoadedModel, prompts: list[Prompt], *, max_new_tokens: int, batched: bool = True) -> list[Generation]:
+    """Greedy answers of several prompts: each prompt is prefilled alone (so its prefill is timed alone), then
+    all are decoded as one batch (`batched=False`: one after another). Positions are the original indices
+    and generated token t sits at `L + t` (METHOD.md §2.8)."""
+    stop = eos_ids(loaded)
+    outputs, first_ids, prefill_seconds = [], [], []
+    for prompt in prompts:
+        out, first_id, seconds = prefill_prompt(loaded, prompt)
+        outputs.append(out)
+        first_ids.append(first_id)
+        prefill_seconds.append(seconds)
+    groups = [list(range(len(prompts)))] if batched else [[i] for i in range(len(prompts))]
+    answers, step_seconds = [None] * len(prompts), [0.0] * len(prompts)
+    for group in groups:
+        state = merge_states([outputs[i].state for i in group]) if len(group) > 1 else outputs[group[0]].state
+        tokens, seconds = _greedy(loaded, state, torch.cat([first_ids[i] for i in group]), max_new_tokens, stop)
+        for i, row_tokens in zip(group, tokens):
+            answers[i], step_seconds[i] = row_tokens, seconds
+    decode = loaded.processor.tokenizer.decode
+    return [
+        Generation(answers[i], decode(answers[i], skip_special_tokens=True).strip(),
+                   prompt.sequence_index[outputs[i].seen[0]], outputs[i].image_attention[0],
+                   outputs[i].selection_seconds, prefill_seconds[i], step_seconds[i])
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def _greedy(loaded: LoadedModel, state: DecodeState, next_ids: torch.Tensor, max_new_tokens: int,
+            stop: set[int]) -> tuple[list[list[int]], float]:
+    """Greedy decoding of a batch from its first tokens `(B,)` until every row stopped (EOS or
+    `max_new_tokens`); finished rows keep being computed but are no longer read. Returns the token ids of
+    each row and the seconds per decode step."""
+    language_model, embed_tokens = loaded.model.model.language_model, loaded.model.get_input_embeddings()
+    tokens: list[list[int]] = [[] for _ in range(len(next_ids))]
+    done = [False] * len(next_ids)
+    steps = 0
+    _sync(loaded.device)
     start = time.perf_counter()
-    while next_id not in eos_ids and len(token_ids) < max_new_tokens:
-        token_ids.append(next_id)
-        if len(token_ids) == max_new_tokens:
+    while True:
+        for row, token in enumerate(next_ids.tolist()):
+            if done[row]:
+                continue
+            if token in stop:
+                done[row] = True
+            else:
+                tokens[row].append(token)
+                done[row] = len(tokens[row]) == max_new_tokens
+        if all(done):
             break
-        hidden = decode_step(language_model, embed_tokens(torch.tensor([[next_id]], device=loaded.device)),
-                             encoded.length + len(token_ids) - 1, out.cache)
-        decode_steps += 1
-        next_id = int(loaded.model.lm_head(hidden[:, -1]).argmax(-1))
+        hidden = decode_step(language_model, embed_tokens(next_ids[:, None]), state)
+        steps += 1
+        next_ids = loaded.model.lm_head(hidden[:, -1]).argmax(-1)
     _sync(loaded.device)
-    decode_seconds = time.perf_counter() - start
-    answer = loaded.processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-    return Generation(token_ids, answer, out.sequence_index, out.image_attention, out.selection_seconds,
-                      prefill_seconds, decode_seconds / decode_steps if decode_steps else 0.0)
+    return tokens, (time.perf_counter() - start) / steps if steps else 0.0
 
 
 @torch.no_grad()
-def answer_log_probability(
-    loaded: LoadedModel,
-    encoded: EncodedPrompt,
-    sequence_index: torch.Tensor,
-    inputs_embeds: torch.Tensor,
-    answer_token_ids: list[int],
-    fastv: FastVPlan | None = None,
-) -> float:
-    """log p(answer | pruned prompt) by teacher forcing in one prefill (answer at positions L, L+1, …)."""
+def generate(loaded: LoadedModel, encoded: EncodedPrompt, sequence_index: torch.Tensor, inputs_embeds: torch.Tensor,
+             *, max_new_tokens: int, fastv=None) -> Generation:
+    """Greedy decoding of one (possibly pruned) prompt; `fastv` as in `Prompt.fastv`."""
+    prompt = Prompt(sequence_index, inputs_embeds, encoded.length, fastv)
+    return generate_many(loaded, [prompt], max_new_tokens=max_new_tokens)[0]
+
+
+@torch.no_grad()
+def answer_log_probabilities(loaded: LoadedModel, prompts: list[Prompt], answer_token_ids: list[int]) -> list[float]:
+    """log p(answer | prompt) for each prompt by teacher forcing (answer at positions L, L+1, …).
+
+    Prompts of equal length without FastV are prefilled as one batch (no padding); others alone. FastV
+    scores with the last *prompt* token's attention, as in generation.
+    """
     if not answer_token_ids:
-        return 0.0
+        return [0.0] * len(prompts)
+    language_model = loaded.model.model.language_model
     device = loaded.device
     answer = torch.tensor(answer_token_ids, device=device)
-    answer_embeds = loaded.model.get_input_embeddings()(answer[None])
-    embeds = torch.cat([inputs_embeds, answer_embeds.to(inputs_embeds.dtype)], dim=1)
-    positions = torch.cat([sequence_index, encoded.length + torch.arange(len(answer), device=device)])
-    out = prefill(loaded.model.model.language_model, embeds, positions[None], fastv)
-    # The logits that predict the answer: from the last prompt token up to the last-but-one answer token.
-    predicting = out.hidden[0, -len(answer) - 1 : -1]
-    log_probs = loaded.model.lm_head(predicting).float().log_softmax(-1)
-    return float(log_probs.gather(1, answer[:, None]).sum())
-
-
-def _eos_ids(loaded: LoadedModel) -> list[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    if eos is None:
-        eos = loaded.processor.tokenizer.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])
+    answer_embeds = loaded.model.get_input_embeddings()(answer[None])[0]
+    batches: dict[tuple, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        key = (prompt.inputs_embeds.shape[1],) if prompt.fastv is None else ("fastv", i)
+        batches.setdefault(key, []).append(i)
+    log_probabilities = [0.0] * len(prompts)
+    for members in batches.values():
+        batch = [prompts[i] for i in members]
+        rows = Rows.pad(
+            [torch.cat([p.inputs_embeds[0], answer_embeds.to(p.inputs_embeds.dtype)]) for p in batch],
+            [torch.cat([p.sequence_index, p.length + torch.arange(len(answer), device=device)]) for p in batch],
+        )
+        out = prefill(language_model, rows, _fastv_plan(batch))
+        # The logits that predict the answer: from the last prompt token up to the last-but-one answer token.
+        predicting = out.hidden[:, -len(answer) - 1 : -1]
+        log_probs = loaded.model.lm_head(predicting).float().log_softmax(-1)
+        totals = log_probs.gather(2, answer[None, :, None].expand(len(batch), -1, 1)).sum(dim=(1, 2))
+        for i, total in zip(members, totals.tolist()):
+            log_probabilities[i] = total
+    return log_probabilities

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from gprune import METHODS, AnalysisConfig, analyze, answer_stability, encode
-from gprune.analysis import fastv_plan, run_method, select_before_llm
-from gprune.llm import last_token_attention, prefill
-from gprune.pipeline import answer_log_probability, generate, kept_sequence
+from gprune.analysis import method_prompt, run_method
+from gprune.llm import FastVPlan, Rows, prefill, query_attention
+from gprune.pipeline import Prompt, answer_log_probabilities, generate, kept_sequence
 from gprune.result import Selection
 
 QUESTION = "What is in the image?"
@@ -33,8 +33,17 @@ def hf_inputs(tiny_model, image):
 
 @torch.no_grad()
 def prefill_logits(tiny_model, sequence_index, embeds, fastv=None) -> torch.Tensor:
-    out = prefill(tiny_model.model.model.language_model, embeds, sequence_index[None], fastv)
+    rows = Rows(embeds, sequence_index[None], torch.ones_like(sequence_index, dtype=torch.bool)[None])
+    out = prefill(tiny_model.model.model.language_model, rows, fastv)
     return tiny_model.model.lm_head(out.hidden[:, -1])[0]
+
+
+def prompt_logits(tiny_model, prompt: Prompt) -> torch.Tensor:
+    fastv = None
+    if prompt.fastv is not None:
+        layer, span, choose = prompt.fastv
+        fastv = FastVPlan(layer, (span,), (prompt.inputs_embeds.shape[1] - 1,), lambda row, attention: choose(attention))
+    return prefill_logits(tiny_model, prompt.sequence_index, prompt.inputs_embeds, fastv)
 
 
 def test_encoded_prompt_matches_the_model(tiny_model, image, encoded):
@@ -49,22 +58,15 @@ def test_encoded_prompt_matches_the_model(tiny_model, image, encoded):
 @pytest.mark.parametrize("method", ("unpruned",) + METHODS)
 def test_keep_ratio_one_reproduces_the_unpruned_logits(tiny_model, encoded, method):
     config = AnalysisConfig(keep_ratio=1.0)
-    full = Selection(kept_positions=np.arange(encoded.packed_features.shape[0]))
-    expected = prefill_logits(tiny_model, *kept_sequence(encoded, full))
-    fastv = None
-    if method == "fastv":
-        selection, fastv = full, fastv_plan(encoded, config, 1.0)
-    elif method == "unpruned":
-        selection = full
-    else:
-        selection = select_before_llm(method, encoded, config, 1.0)
-    assert len(selection.kept_positions) == encoded.packed_features.shape[0]
-    torch.testing.assert_close(prefill_logits(tiny_model, *kept_sequence(encoded, selection), fastv), expected, rtol=0, atol=0)
+    expected = prompt_logits(tiny_model, method_prompt(encoded, "unpruned", config, 1.0)[0])
+    prompt, selection = method_prompt(encoded, method, config, 1.0)
+    assert prompt.inputs_embeds.shape[1] == encoded.length
+    torch.testing.assert_close(prompt_logits(tiny_model, prompt), expected, rtol=0, atol=0)
 
 
 def test_pruned_prefill_matches_transformers_with_original_positions(tiny_model, encoded):
-    selection = select_before_llm("gprune", encoded, AnalysisConfig(), 0.25)
-    sequence_index, embeds = kept_sequence(encoded, selection)
+    prompt, _ = method_prompt(encoded, "gprune", AnalysisConfig(), 0.25)
+    sequence_index, embeds = prompt.sequence_index, prompt.inputs_embeds
     language_model = tiny_model.model.model.language_model
     with torch.no_grad():
         hidden = language_model(inputs_embeds=embeds, position_ids=sequence_index[None],
@@ -75,8 +77,8 @@ def test_pruned_prefill_matches_transformers_with_original_positions(tiny_model,
 
 def test_cached_greedy_decode_equals_full_recompute(tiny_model, encoded):
     """Generated token t sits at position L_original + t; the cache must give what recomputation gives."""
-    selection = select_before_llm("l2norm", encoded, AnalysisConfig(), 0.25)
-    sequence_index, embeds = kept_sequence(encoded, selection)
+    prompt, _ = method_prompt(encoded, "l2norm", AnalysisConfig(), 0.25)
+    sequence_index, embeds = prompt.sequence_index, prompt.inputs_embeds
     generation = generate(tiny_model, encoded, sequence_index, embeds, max_new_tokens=6)
     language_model = tiny_model.model.model.language_model
     embed = tiny_model.model.get_input_embeddings()
@@ -117,15 +119,15 @@ def test_fastv_hook_scores_equal_eager_attention(tiny_model, image, encoded):
         model.set_attn_implementation(previous)
     language_model = model.model.language_model
     captured = {}
-    plan = fastv_plan(encoded, AnalysisConfig(fastv_layer=layer_k), 0.5)
-    original_choose = plan.choose
+    prompt, _ = method_prompt(encoded, "fastv", AnalysisConfig(fastv_layer=layer_k), 0.5)
+    _, span, choose = prompt.fastv
 
-    def choose(image_attention):
+    def capture(row, image_attention):
         captured["row"] = image_attention
-        return original_choose(image_attention)
+        return choose(image_attention)
 
-    out = prefill(language_model, encoded.inputs_embeds, torch.arange(encoded.length)[None],
-                  type(plan)(plan.layer, plan.query_index, plan.image_start, plan.image_end, choose))
+    rows = Rows(encoded.inputs_embeds, torch.arange(encoded.length)[None], torch.ones(1, encoded.length, dtype=torch.bool))
+    out = prefill(language_model, rows, FastVPlan(layer_k, (span,), (encoded.length - 1,), capture))
     torch.testing.assert_close(captured["row"], eager[encoded.image_start:encoded.image_end], rtol=1e-4, atol=1e-6)
     # A direct call on the layer's input gives the same row over the whole prompt.
     with torch.no_grad():
@@ -135,11 +137,12 @@ def test_fastv_hook_scores_equal_eager_attention(tiny_model, image, encoded):
         for layer in language_model.layers[: layer_k - 1]:
             hidden = layer(hidden, position_embeddings=rope, position_ids=positions)
         layer = language_model.layers[layer_k - 1]
-        row = last_token_attention(layer.self_attn, layer.input_layernorm(hidden), rope, encoded.length - 1)
+        row = query_attention(layer.self_attn, layer.input_layernorm(hidden), rope, positions, rows.real,
+                              torch.tensor([encoded.length - 1]), None)[0]
     torch.testing.assert_close(row, eager, rtol=1e-4, atol=1e-6)
     # Layers before K cache every token, layers from K only the kept ones.
-    kept = len(out.sequence_index)
-    assert [out.cache.layers[i].keys.shape[2] for i in range(len(language_model.layers))] == \
+    kept = len(out.seen[0])
+    assert [out.state.cache.layers[i].keys.shape[2] for i in range(len(language_model.layers))] == \
         [encoded.length] * layer_k + [kept] * (len(language_model.layers) - layer_k)
 
 
@@ -181,7 +184,8 @@ def test_answer_stability_is_the_reference_at_ratio_one(tiny_model, encoded):
             hidden = language_model(inputs_embeds=torch.cat([embeds, extra], 1), position_ids=positions[None],
                                     attention_mask=torch.ones_like(positions)[None]).last_hidden_state
             total += float(tiny_model.model.lm_head(hidden[:, -1]).log_softmax(-1)[0, token])
-    assert answer_log_probability(tiny_model, encoded, sequence_index, embeds, ids) == pytest.approx(total, abs=1e-4)
+    prompt = Prompt(sequence_index, embeds, encoded.length)
+    assert answer_log_probabilities(tiny_model, [prompt], ids)[0] == pytest.approx(total, abs=1e-4)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -1,0 +1,204 @@
+"""`patch(model, method=...)`: any of our pruning methods inside stock transformers `generate` for LLaVA-NeXT.
+
+    from gprune import patch, selections, unpatch
+    patch(model, method="gprune", keep_ratio=0.25)
+    inputs = processor(images=[img_a, img_b], text=[prompt_a, prompt_b], padding=True, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    kept = selections(model)          # one `Selection` per row of the last prefill
+    unpatch(model)                    # the stock model again
+
+The patch replaces the forward of `model.model` (the `LlavaNextModel`) on this instance only. At prefill it
+prunes each row's image exactly as the explorer does (same selection functions, same budgets; ToMe feeds
+its merged features; FastV prunes after layer K by the last prompt token's attention), drops the padding,
+left-pads the pruned rows again and runs the language model through `gprune.llm`, the loop the explorer's
+Run and the evaluator use: kept tokens keep their original position ids and generated token t of a row sits
+at L + t, whatever the padding side. `generate` itself is wrapped only to refuse the modes we cannot serve.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import LlavaNextForConditionalGeneration
+from transformers.models.llava_next.modeling_llava_next import LlavaNextModelOutputWithPast
+
+from .analysis import METHODS, AnalysisConfig, fastv_choose, fastv_selection, select_before_llm
+from .llm import DecodeState, FastVPlan, Rows, check_attention, decode_step, prefill
+from .pipeline import splice_image
+from .result import Selection
+
+STATE = "_gprune_patch"
+
+
+@dataclass
+class PatchState:
+    """The settings of a patched model and what its last prefill decided.
+
+    `decode`: the cache and masks decoding continues from (None before the first prefill or without a cache);
+    `selections`: per row of the last prefill, what the method kept (None for rows without an image)."""
+
+    method: str
+    config: AnalysisConfig
+    decode: DecodeState | None = None
+    selections: list[Selection | None] = field(default_factory=list)
+
+
+def patch(model: LlavaNextForConditionalGeneration, method: str = "gprune", keep_ratio: float = 0.5, *,
+          iterations: int = 5, threshold: float = 0.5, temperature: float = 0.03, fastv_layer: int = 2,
+          seed: int = 0) -> LlavaNextForConditionalGeneration:
+    """Make `model.generate` (and `model(...)`) prune every prompt's image with `method`; returns `model`.
+
+    Parameters are validated with the library's messages (`ValueError`); patching a patched model replaces
+    its settings. Defaults are the papers' (G-Prune s = 0.5, τ = 0.03, I = 5; FastV K = 2; ρ = 0.5).
+    """
+    if not isinstance(model, LlavaNextForConditionalGeneration):
+        raise ValueError(f"patch needs a LlavaNextForConditionalGeneration, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    text_config = model.config.text_config
+    config = AnalysisConfig(methods=(method,), keep_ratio=keep_ratio, iterations=iterations, threshold=threshold,
+                            temperature=temperature, fastv_layer=fastv_layer, seed=seed)
+    config.validate(text_config.num_hidden_layers)
+    check_attention(text_config)
+    if model.config.vision_feature_select_strategy != "default":
+        raise ValueError("pruning needs vision_feature_select_strategy='default' (CLS dropped), as in the llava-hf "
+                         f"checkpoints; this model has {model.config.vision_feature_select_strategy!r}")
+    setattr(model.model, STATE, PatchState(method, config))
+    model.model.forward = types.MethodType(_pruned_forward, model.model)
+    model.generate = types.MethodType(_checked_generate, model)
+    return model
+
+
+def unpatch(model: LlavaNextForConditionalGeneration) -> LlavaNextForConditionalGeneration:
+    """Remove the patch: the class's own `forward` and `generate` serve the instance again."""
+    if not is_patched(model):
+        raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
+    for owner, name in ((model.model, "forward"), (model, "generate"), (model.model, STATE)):
+        delattr(owner, name)
+    return model
+
+
+def is_patched(model) -> bool:
+    return isinstance(model, LlavaNextForConditionalGeneration) and hasattr(model.model, STATE)
+
+
+def selections(model: LlavaNextForConditionalGeneration) -> list[Selection | None]:
+    """What the last prefill of a patched model kept, per row of its batch (None for a row without an image).
+
+    `kept_positions` index each row's packed image block `[576 base | rows × (cols + 1)]`."""
+    if not is_patched(model):
+        raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
+    return list(getattr(model.model, STATE).selections)
+
+
+def _checked_generate(self, *args, **kwargs):
+    """Stock `generate`, after refusing what a pruned prompt cannot serve."""
+    state: PatchState = getattr(self.model, STATE)
+    generation_config = kwargs.get("generation_config") or self.generation_config
+    setting = lambda name: kwargs.get(name, getattr(generation_config, name, None))  # noqa: E731
+    if kwargs.get("assistant_model") is not None or setting("prompt_lookup_num_tokens"):
+        raise ValueError("assisted / prompt-lookup decoding is not supported on a patched model: the candidate "
+                         "tokens would be verified against a prompt of another length; use plain decoding")
+    if setting("cache_implementation") not in (None, "dynamic"):
+        raise ValueError(f"cache_implementation={setting('cache_implementation')!r} is not supported on a patched model; "
+                         "pruned rows need the dynamic cache (leave cache_implementation unset)")
+    if kwargs.get("past_key_values") is not None:
+        raise ValueError("a patched model starts every generate from an empty cache; do not pass past_key_values")
+    if state.method == "fastv" and setting("use_cache") is False:
+        raise ValueError("FastV prunes once, at prefill, by the last prompt token's attention; without a KV cache "
+                         "every step would prune again by another token. Use use_cache=True (the default)")
+    return type(self).generate(self, *args, **kwargs)
+
+
+def grid_shape(packed_features: torch.Tensor, image_newline: torch.Tensor, base_tokens: int) -> tuple[int, int]:
+    """`(rows, cols)` of a packed block `[base | rows × (cols + 1)]`, read from where the learned newline
+    embedding sits (the packer appends it to every grid row), so no image size is needed."""
+    grid = packed_features[base_tokens:]
+    newline_at = (grid == image_newline.to(grid.dtype)).all(dim=-1).nonzero().flatten()
+    rows = len(newline_at)
+    cols = grid.shape[0] // rows - 1 if rows else 0
+    expected = torch.arange(rows, device=grid.device) * (cols + 1) + cols
+    if rows == 0 or grid.shape[0] != rows * (cols + 1) or not torch.equal(newline_at, expected):
+        raise ValueError("this image's features are not a LLaVA-NeXT anyres block [base | rows × (cols + 1)] with a "
+                         "newline token ending each row; only the llava-hf packing ('spatial_unpad') is supported")
+    return rows, cols
+
+
+def _image_features(self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy,
+                    mm_encoder_outputs) -> list[torch.Tensor]:
+    """Packed features of every image in the batch, in order: from `generate`'s pre-encoded outputs or the tower."""
+    encoded = (mm_encoder_outputs or {}).get("image")
+    if encoded is None and pixel_values is not None and pixel_values.size(0) > 0:
+        encoded = self.get_image_features(pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
+                                          vision_feature_select_strategy=vision_feature_select_strategy, return_dict=True)
+    return list(encoded.pooler_output) if encoded is not None else []
+
+
+def _pruned_forward(self, input_ids=None, pixel_values=None, image_sizes=None, attention_mask=None, position_ids=None,
+                    past_key_values=None, inputs_embeds=None, vision_feature_layer=None,
+                    vision_feature_select_strategy=None, use_cache=None, mm_encoder_outputs=None, **kwargs):
+    """`LlavaNextModel.forward` with pruning: prefill prunes and starts a decode state; later calls decode."""
+    state: PatchState = getattr(self, STATE)
+    if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+        raise ValueError("a patched model does not return attentions or hidden states (the sequence is pruned)")
+    language_model = self.language_model
+    if state.decode is not None and past_key_values is state.decode.cache:
+        if input_ids is None or input_ids.shape[1] != 1:
+            raise ValueError("a patched model decodes one new token per row and step")
+        hidden = decode_step(language_model, self.get_input_embeddings()(input_ids), state.decode)
+        return LlavaNextModelOutputWithPast(last_hidden_state=hidden, past_key_values=state.decode.cache)
+    if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        raise ValueError("a patched model cannot continue from a cache it did not fill; start from an empty one")
+    if input_ids is None:
+        raise ValueError("a patched model needs input_ids (to find each row's <image> placeholders), not inputs_embeds")
+
+    features = _image_features(self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy,
+                               mm_encoder_outputs)
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    embeds = self.get_input_embeddings()(input_ids)
+    base_tokens = (self.config.vision_config.image_size // self.config.vision_config.patch_size) ** 2
+    config = state.config
+    row_embeds, row_positions, spans, choosers, row_selections = [], [], [], [], []
+    next_image = 0
+    for row in range(input_ids.shape[0]):
+        ids, tokens = input_ids[row][real[row]], embeds[row][real[row]]
+        placeholders = (ids == self.config.image_token_id).nonzero().flatten()
+        sequence_index = torch.arange(len(ids), device=ids.device)
+        span, choose, selection = None, None, None
+        if len(placeholders):
+            start, end = int(placeholders[0]), int(placeholders[-1]) + 1
+            packed = features[next_image] if next_image < len(features) else None
+            next_image += 1
+            if end - start != len(placeholders) or packed is None or packed.shape[0] != end - start:
+                raise ValueError(f"row {row} must hold exactly one image (one contiguous run of <image> placeholders "
+                                 f"matching its features); pruning handles one image per prompt")
+            rows, cols = grid_shape(packed, self.image_newline, base_tokens)
+            if state.method == "fastv":  # every image token enters the LLM; FastV selects after layer K − 1
+                span, choose = (start, end), fastv_choose(rows, cols, base_tokens, config.keep_ratio)
+                sequence_index, tokens = splice_image(tokens, start, end, packed, Selection(np.arange(end - start)))
+            else:
+                selection = select_before_llm(state.method, packed, rows, cols, base_tokens, config, config.keep_ratio)
+                sequence_index, tokens = splice_image(tokens, start, end, packed, selection)
+        row_embeds.append(tokens)
+        row_positions.append(sequence_index)  # index among the row's real tokens = its original position id
+        spans.append(span)
+        choosers.append(choose)
+        row_selections.append(selection)
+    if next_image != len(features):
+        raise ValueError(f"the batch has {len(features)} images but {next_image} rows with <image> placeholders")
+
+    fastv = None
+    if state.method == "fastv":
+        queries = tuple(len(p) - 1 for p in row_positions)
+        fastv = FastVPlan(config.fastv_layer, tuple(spans), queries, lambda row, attention: choosers[row](attention))
+    out = prefill(language_model, Rows.pad(row_embeds, row_positions), fastv)
+    if fastv is not None:
+        row_selections = [fastv_selection(seen, *span, attention, out.selection_seconds) if span else None
+                          for span, seen, attention in zip(spans, out.seen, out.image_attention)]
+    state.selections = row_selections
+    state.decode = out.state if use_cache is not False else None
+    return LlavaNextModelOutputWithPast(last_hidden_state=out.hidden,
+                                        past_key_values=out.state.cache if use_cache is not False else None)
