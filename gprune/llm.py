@@ -18,10 +18,49 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+SPARE_TOKENS = 64
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values live in buffers with spare room: appending a token writes in place.
+
+    `DynamicLayer` concatenates, copying the whole cache for every decoded token; with a batch of rows that copy,
+    not the model, dominates a small model's decode step. Spare room is a quarter of the length (at least
+    `SPARE_TOKENS`), so appends cost amortised O(1).
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        needed = length + key_states.shape[-2]
+        buffers = getattr(self, "_buffers", None)
+        # Beam search and batch selection replace `keys` with a new tensor: then the buffers start from it.
+        if buffers is None or self.keys is not buffers[2] or needed > buffers[0].shape[-2]:
+            shape = (*key_states.shape[:-2], needed + max(SPARE_TOKENS, needed // 4), key_states.shape[-1])
+            key_buffer, value_buffer = key_states.new_empty(shape), value_states.new_empty(shape)
+            if length:
+                key_buffer[..., :length, :] = self.keys
+                value_buffer[..., :length, :] = self.values
+        else:
+            key_buffer, value_buffer = buffers[:2]
+        key_buffer[..., length:needed, :] = key_states
+        value_buffer[..., length:needed, :] = value_states
+        self.keys, self.values = key_buffer[..., :needed, :], value_buffer[..., :needed, :]
+        self._buffers = (key_buffer, value_buffer, self.keys)
+        return self.keys, self.values
+
+
+class GrowingCache(DynamicCache):
+    """A `DynamicCache` (what `generate` expects) of `GrowingLayer`s, one per decoder layer, never cropped."""
+
+    def __init__(self, layers: list[GrowingLayer] | None = None):
+        Cache.__init__(self, layers=layers, layer_class_to_replicate=None if layers else GrowingLayer)
 
 
 @dataclass
@@ -87,7 +126,7 @@ class DecodeState:
         next_positions: `(B,)` position id of each row's next token (L + t for generated token t).
     """
 
-    cache: DynamicCache
+    cache: GrowingCache
     group_real: list[torch.Tensor]
     group_positions: list[torch.Tensor]
     layer_group: list[int]
@@ -223,7 +262,7 @@ def prefill(language_model, rows: Rows, fastv: FastVPlan | None = None) -> Prefi
     """Run every decoder layer over a left-padded batch, filling a new cache (FastV prunes rows after layer K−1)."""
     config = language_model.config
     windows = layer_windows(config)
-    cache = DynamicCache()  # no config: full layers; sliding windows are applied by the position-based masks
+    cache = GrowingCache()  # full layers: sliding windows are applied by the position-based masks
     hidden, positions, real = rows.embeds, rows.positions, rows.real
     seen = [torch.arange(int(n), device=real.device) for n in real.sum(dim=1)]
     group_real, group_positions, layer_group = [real], [positions], []
@@ -286,13 +325,15 @@ def merge_states(states: list[DecodeState]) -> DecodeState:
     """One batch from several decode states (e.g. rows prefilled separately): every layer's keys, values
     and masks are left-padded to the longest cache of that layer, then stacked along the batch."""
     layers = len(states[0].layer_group)
-    layer_data, groups, layer_group = [], {}, []
+    layers_out, groups, layer_group = [], {}, []
     for index in range(layers):
         cached = [state.cache.layers[index] for state in states]
         length = max(layer.keys.shape[2] for layer in cached)
         keys = torch.cat([pad_left([layer.keys[b] for b in range(layer.keys.shape[0])], length, dim=1) for layer in cached])
         values = torch.cat([pad_left([layer.values[b] for b in range(layer.values.shape[0])], length, dim=1) for layer in cached])
-        layer_data.append((keys, values))
+        layer = GrowingLayer()
+        layer.update(keys, values)
+        layers_out.append(layer)
         key = tuple(state.layer_group[index] for state in states)
         if key not in groups:
             groups[key] = len(groups)
@@ -305,4 +346,4 @@ def merge_states(states: list[DecodeState]) -> DecodeState:
         group_real[group] = pad_left([row for rows in reals for row in rows], length)
         group_positions[group] = pad_left([row for rows in positions for row in rows], length)
     next_positions = torch.cat([state.next_positions for state in states])
-    return DecodeState(DynamicCache(ddp_cache_data=layer_data), group_real, group_positions, layer_group, next_positions)
+    return DecodeState(GrowingCache(layers_out), group_real, group_positions, layer_group, next_positions)
