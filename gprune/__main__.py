@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fastv-layer", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    parser.add_argument("--timing-rounds", type=int, default=0,
+                        help="time each method's selection and prefill this many more times after the answer run "
+                             "(its warm-up) and print median [min–max]; 0 prints no timings")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder for summary.json and tokens.npz")
     return parser.parse_args(argv)
 
@@ -50,6 +53,14 @@ def save(analysis: Analysis, out: Path) -> tuple[Path, Path]:
     return summary_path, arrays_path
 
 
+def timing_text(timing) -> str:
+    """`median [min–max]` in ms at a precision the spread supports, or "—" when not measured."""
+    if timing is None:
+        return "—"
+    digits = 0 if timing.median >= 0.1 else 1
+    return f"{timing.median * 1e3:.{digits}f} [{timing.low * 1e3:.{digits}f}–{timing.high * 1e3:.{digits}f}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -57,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), keep_ratio=args.keep_ratio,
             iterations=args.iterations, threshold=args.threshold, temperature=args.temperature,
             fastv_layer=args.fastv_layer, max_new_tokens=args.max_new_tokens, seed=args.seed,
+            timing_rounds=args.timing_rounds,
         )
         image = load_image(args.image)
         print(f"loading model {args.model} …", file=sys.stderr)
@@ -67,12 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if analysis.random_weights:
-        print("note: the tiny model has random weights; answers are meaningless, pruning and timings are real", file=sys.stderr)
+        print("note: the tiny model has random weights: answers are meaningless and timings are of a toy model; "
+              "the pruning itself (kept tokens, budgets, FLOPs formula) is real", file=sys.stderr)
     rows = [analysis.reference, *analysis.results.values()]
-    print(f"{'method':<10} {'tokens':>11} {'FLOPs':>7} {'select':>8} {'prefill':>8}  answer")
+    timed = args.timing_rounds > 0
+    print(f"{'method':<10} {'tokens':>11} {'FLOPs':>7} {'select ms':>17} {'prefill ms':>17}  answer")
     for result in rows:
         print(f"{METHOD_LABELS[result.method]:<10} {result.tokens_after:>5}/{result.tokens_before:<5} "
-              f"{result.flops_ratio:>6.1%} {result.selection.seconds * 1e3:>6.1f}ms {result.prefill_seconds * 1e3:>6.0f}ms  {result.answer!r}")
+              f"{result.flops_ratio:>6.1%} {timing_text(result.selection_timing):>17} {timing_text(result.prefill_timing):>17}"
+              f"  {result.answer!r}")
+    if timed:
+        print(f"timings: median [min–max] of {args.timing_rounds} rounds after a warm-up; FastV's selection is inside its prefill")
     for path in save(analysis, args.out):
         print(f"wrote {path}")
     return 0
