@@ -213,3 +213,23 @@ def test_empty_question(tiny_model, image, question):
 def test_too_thin_image_is_refused_with_a_reason(tiny_model):
     with pytest.raises(ValueError, match="too thin"):
         encode(tiny_model, Image.new("RGB", (1000, 2)), QUESTION)
+
+
+def test_generation_stops_at_the_tokenizers_eos_and_the_generation_configs(tiny_model, encoded):
+    """Checkpoints differ in where they declare EOS (generation_config.json or the tokenizer): stop at either."""
+    full = Selection(kept_positions=np.arange(encoded.packed_features.shape[0]))
+    sequence_index, embeds = kept_sequence(encoded, full)
+    answer = generate(tiny_model, encoded, sequence_index, embeds, max_new_tokens=6).answer_token_ids
+    stop = next(token for token in answer[1:] if token != answer[0])  # a token that first appears after step 0
+    expected = answer[: answer.index(stop)]
+    generation_config, tokenizer = tiny_model.model.generation_config, tiny_model.processor.tokenizer
+    saved = generation_config.eos_token_id, tokenizer.eos_token
+    unused = next(token for token in range(4, 1000) if token not in answer)
+    try:
+        generation_config.eos_token_id = unused  # the generation config names another EOS than the tokenizer
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop)
+        assert generate(tiny_model, encoded, sequence_index, embeds, max_new_tokens=6).answer_token_ids == expected
+        generation_config.eos_token_id, tokenizer.eos_token = [unused, stop], saved[1]
+        assert generate(tiny_model, encoded, sequence_index, embeds, max_new_tokens=6).answer_token_ids == expected
+    finally:
+        generation_config.eos_token_id, tokenizer.eos_token = saved
