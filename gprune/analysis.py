@@ -18,10 +18,12 @@ from .checks import check_iterations, check_keep_ratio, check_temperature, check
 from .flops import prefill_flops
 from .graph import gprune_select
 from .layout import TokenLayout
+from .limits import MAX_NEW_TOKENS
 from .llm import FastVPlan
 from .loading import LoadedModel
 from .packed import keep_top_per_view
 from .pipeline import EncodedPrompt, answer_log_probability, encode, generate, kept_sequence
+from .prompts import TEMPLATE, check_system_prompt
 from .result import PruneResult, Selection
 from .tome import tome_select
 
@@ -34,7 +36,6 @@ METHOD_LABELS = {
     "l2norm": "L2-norm",
     "random": "Random",
 }
-MAX_NEW_TOKENS = 512
 MAX_TIMING_ROUNDS = 10
 
 Progress = Callable[[float, str], None]
@@ -53,6 +54,7 @@ class AnalysisConfig:
     max_new_tokens: int = 32
     seed: int = 0
     timing_rounds: int = 0  # > 0: time selection and prefill of every method this many times after a warm-up
+    system_prompt: str = TEMPLATE  # "template": the checkpoint's chat template; "llava": LLaVA's training system prompt first
 
     def validate(self, num_layers: int) -> "AnalysisConfig":
         unknown = [m for m in self.methods if m not in METHODS]
@@ -68,6 +70,7 @@ class AnalysisConfig:
             raise ValueError(f"max_new_tokens must be from 1 to {MAX_NEW_TOKENS}, got {self.max_new_tokens!r}")
         if isinstance(self.timing_rounds, bool) or not isinstance(self.timing_rounds, int) or not 0 <= self.timing_rounds <= MAX_TIMING_ROUNDS:
             raise ValueError(f"timing_rounds must be a whole number from 0 to {MAX_TIMING_ROUNDS}, got {self.timing_rounds!r}")
+        check_system_prompt(self.system_prompt)
         return self
 
 
@@ -87,6 +90,7 @@ class Analysis:
     features: np.ndarray
     reference: PruneResult
     results: dict[str, PruneResult] = field(default_factory=dict)
+    system_text: str | None = None  # what `config.system_prompt` put before the chat template
 
     def summary(self) -> dict:
         return {
@@ -96,6 +100,7 @@ class Analysis:
             "image_size": [self.layout.image_width, self.layout.image_height],
             "grid": {"rows": self.layout.rows, "cols": self.layout.cols, "visual_tokens": self.layout.n_tokens},
             "config": asdict(self.config),
+            "prompt": {"system_prompt": self.config.system_prompt, "system_text": self.system_text},
             "reference": self.reference.summary(),
             "results": {name: result.summary() for name, result in self.results.items()},
         }
@@ -175,12 +180,13 @@ def analyze(
     config.validate(loaded.model.config.text_config.num_hidden_layers)
     report = progress or (lambda fraction, message: None)
     report(0.0, "encoding image")
-    encoded = encode(loaded, image, question)
+    encoded = encode(loaded, image, question, system_prompt=config.system_prompt)
     steps = 1 + len(config.methods)
     report(1 / (steps + 1), "running the unpruned model")
     reference = run_method(loaded, encoded, "unpruned", config)
     features = encoded.packed_features.detach().float().cpu().numpy()
-    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, reference)
+    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, reference,
+                        system_text=loaded.system_text(config.system_prompt))
     for index, method in enumerate(config.methods):
         report((index + 2) / (steps + 1), f"running {METHOD_LABELS[method]}")
         analysis.results[method] = run_method(loaded, encoded, method, config)
