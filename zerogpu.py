@@ -3,7 +3,7 @@
 ZeroGPU charges the *requested* duration against a visitor's daily quota (2 minutes signed out, 5 signed in)
 and queues long requests behind short ones, so each call asks for what its own work needs, not a fixed
 maximum. The constants are estimates from FLOP and byte counts, not measurements: no GPU was available.
-Replace them with measured figures (`python -m bench.gpu_prefill` on the Space) when there are some.
+Replace them with measured figures (the calls' durations on the Space) when there are some.
 
 Assumptions, for LLaVA-NeXT-7B in bf16 on the GPU `spaces` 0.51.3 sizes durations for (a ZeroGPU H200
 slice, 60 of the H200's 132 SMs ≈ 450 TFLOP/s bf16 peak; on the default half RTX PRO 6000 Blackwell `spaces`

@@ -332,9 +332,14 @@ def _generation_config(tokenizer: PreTrainedTokenizerFast, family: Family) -> di
 
 
 def _write_tokenizer(tokenizer: PreTrainedTokenizerFast, family: Family, folder: Path) -> None:
+    """tokenizer.json as saved, tokenizer_config.json and special_tokens_map.json as transformers 4.x wrote them."""
     tokenizer.save_pretrained(folder)
     path = folder / "tokenizer_config.json"
     data = json.loads(path.read_text())
+    for key in ("backend", "extra_special_tokens"):  # transformers 5 only
+        data.pop(key, None)
+    special = {key: data[key] for key in ("bos_token", "eos_token", "unk_token", "pad_token") if data.get(key)}
+    _write_json(folder / "special_tokens_map.json", special)
     data["tokenizer_class"] = TOKENIZER_CLASSES[family.tokenizer_kind]
     data["model_max_length"] = family.text.max_positions
     if family.tokenizer_kind == "sentencepiece":

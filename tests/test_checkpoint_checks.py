@@ -40,8 +40,8 @@ def real_configs():
             for key, family in FAMILIES.items()}
 
 
-def test_the_config_checks_run_before_the_weights(config_only):
-    with pytest.raises(ValueError, match="could not be loaded"):  # unchanged config: it gets as far as the weights
+def test_an_unchanged_config_gets_as_far_as_the_missing_weights(config_only):
+    with pytest.raises(ValueError, match="could not be loaded"):
         load_model(config_only(), device="cpu")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import LlavaNextForConditionalGeneration
+from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
 from conftest import synthetic_image
 from gprune import METHODS, AnalysisConfig, analyze, answer_stability, encode, load_model, run_method
@@ -60,7 +60,7 @@ def image():
 
 def load_in(folder, dtype: torch.dtype):
     """`load_model` on the CPU with just enough memory declared for `dtype` (fp32 when it fits, else bf16)."""
-    config = LlavaNextForConditionalGeneration.config_class.from_pretrained(folder)
+    config = LlavaNextConfig.from_pretrained(folder)
     loaded = load_model(str(folder), device="cpu",
                         available_memory=required_bytes(config, dtype, parameter_count(config)))
     assert loaded.dtype == dtype
@@ -104,7 +104,8 @@ def until_eos(ids: list[int], eos_ids: set) -> list[int]:
 def test_the_files_have_the_hub_layout_and_load_like_plain_transformers(lookalike_dirs, family):
     folder = lookalike_dirs[family]
     assert {"config.json", "model.safetensors.index.json", "chat_template.json", "processor_config.json",
-            "preprocessor_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= \
+            "preprocessor_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json"} <= \
         {p.name for p in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
     assert config["transformers_version"].startswith("4.") and "image_token_index" in config
