@@ -13,10 +13,9 @@ exporting afterwards are CPU-only redraws of stored results.
 
 from __future__ import annotations
 
-try:  # Hugging Face Spaces ZeroGPU (one GPU lease per decorated call); imported before torch, as it requires.
-    import spaces
-except ImportError:
-    spaces = None
+# Hugging Face ZeroGPU: one GPU lease per `@spaces.GPU` call. It must be imported before torch; outside
+# ZeroGPU `spaces.GPU` returns the function unchanged.
+import spaces
 
 import argparse
 import contextlib
@@ -37,6 +36,7 @@ from gradio import component_meta
 from PIL import Image
 
 import app_views as views
+import zerogpu
 from gprune import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model
 from gprune.images import UNDECODABLE, fit_image, load_image
 
@@ -67,16 +67,11 @@ try:
 except ValueError as error:
     sys.exit(f"error: {error}")
 REMEMBERED_SESSIONS = 10_000  # ids (only) of sessions that ran, to tell "expired" from "never ran"
-GPU_SECONDS = 180
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXPORT_DIR = Path(tempfile.gettempdir()) / "gprune-explorer"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
 MAX_UI_ITERATIONS = 20
-
-
-def gpu(function):
-    return spaces.GPU(duration=GPU_SECONDS)(function) if spaces is not None else function
 
 
 def model_name(argv: list[str], environ=os.environ) -> str:
@@ -93,6 +88,11 @@ except ValueError as error:
     sys.exit(f"error: {error}")
 NUM_LAYERS = LOADED.model.config.text_config.num_hidden_layers
 DEFAULT_FASTV_LAYER = min(2, NUM_LAYERS - 1)
+GPU_COST = zerogpu.CostModel(LOADED)
+try:
+    LLAVA_SYSTEM_TEXT, NO_LLAVA_SYSTEM = LOADED.system_text("llava"), None
+except ValueError as reason:  # e.g. Mistral: trained without one
+    LLAVA_SYSTEM_TEXT, NO_LLAVA_SYSTEM = None, str(reason)
 
 
 # ------------------------------------------------------------------------------------------ GPU calls
@@ -102,18 +102,28 @@ def reporter(progress: gr.Progress):
     return lambda fraction, message: progress(fraction, desc=message)
 
 
+# ZeroGPU calls each duration function with the decorated function's arguments and reserves that many seconds.
+def run_model_seconds(image, question: str, config: AnalysisConfig, progress: gr.Progress) -> int:
+    return GPU_COST.analysis_seconds(image, config)
+
+
 # The gr.Progress object itself is passed in (not a wrapper): ZeroGPU relays it from its GPU worker.
-@gpu
+@spaces.GPU(duration=run_model_seconds)
 def run_model(image, question: str, config: AnalysisConfig, progress: gr.Progress) -> Analysis:
     """The only place Run touches the model; returns CPU data only."""
     return analyze(LOADED, image, question, config, progress=reporter(progress))
 
 
-@gpu
+def run_sweep_seconds(image, question: str, answer_token_ids: list[int], keep_ratios: list[float],
+                      config: AnalysisConfig, progress: gr.Progress) -> int:
+    return GPU_COST.sweep_seconds(image, len(answer_token_ids), len(keep_ratios), config)
+
+
+@spaces.GPU(duration=run_sweep_seconds)
 def run_sweep(image, question: str, answer_token_ids: list[int], keep_ratios: list[float], config: AnalysisConfig,
               progress: gr.Progress) -> dict:
     """log p(reference answer) per method and keep ratio; returns plain lists."""
-    encoded = encode(LOADED, image, question)
+    encoded = encode(LOADED, image, question, system_prompt=config.system_prompt)
     curves = answer_stability(LOADED, encoded, answer_token_ids, keep_ratios, config, progress=reporter(progress))
     return {method: [float(v) for v in values] for method, values in curves.items()}
 
@@ -215,7 +225,8 @@ def _whole(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens) -> AnalysisConfig:
+def make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
+                system_prompt="template") -> AnalysisConfig:
     if isinstance(methods, str):
         methods = [methods]
     methods = list(methods or [])
@@ -224,6 +235,7 @@ def make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, met
         config = AnalysisConfig(
             methods=ordered, keep_ratio=keep_ratio, iterations=_whole(iterations), threshold=threshold,
             temperature=temperature, fastv_layer=_whole(fastv_layer), max_new_tokens=_whole(max_new_tokens),
+            system_prompt=system_prompt,
         )
         return config.validate(NUM_LAYERS)
     except (ValueError, TypeError) as error:
@@ -297,11 +309,12 @@ def temp_file(suffix: str, data: bytes) -> str:
 
 def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=5,
                   fastv_layer=DEFAULT_FASTV_LAYER, methods=METHODS, max_new_tokens=32, view="grid",
-                  progress=gr.Progress(), request: gr.Request = None):
+                  system_prompt="template", progress=gr.Progress(), request: gr.Request = None):
     """Run the unpruned model and every chosen method once; keep the results in this session."""
     picture = read_image(image)
     question = read_question(question)
-    config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens)
+    config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
+                         system_prompt)
     view = shown(views.check_view)(view)
     try:
         analysis = run_model(picture, question, config, progress)
@@ -563,7 +576,7 @@ def build_demo() -> gr.Blocks:
         if LOADED.random_weights:
             gr.Markdown(BANNER_RANDOM, elem_id="random-weights-banner")
         else:
-            gr.Markdown(f"Model: `{LOADED.name}` on {LOADED.device}.")
+            gr.Markdown(f"Model: `{LOADED.name}` on {LOADED.device} in {str(LOADED.dtype).removeprefix('torch.')}.")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 image = ImageUpload(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
@@ -581,6 +594,11 @@ def build_demo() -> gr.Blocks:
                     fastv_layer = Setting(1, NUM_LAYERS - 1, value=DEFAULT_FASTV_LAYER, step=1, label="FastV layer K",
                                           info=f"prune after layer K−1 (this model has {NUM_LAYERS} layers)")
                     max_new_tokens = Setting(1, 128, value=32, step=1, label="Max new tokens")
+                    system_prompt = gr.Radio(
+                        [("The checkpoint's chat template", "template"), ("LLaVA's training system prompt first", "llava")],
+                        value="template", label="System prompt", interactive=NO_LLAVA_SYSTEM is None,
+                        info=f"LLaVA's: “{LLAVA_SYSTEM_TEXT}”" if NO_LLAVA_SYSTEM is None else NO_LLAVA_SYSTEM,
+                    )
                 run = gr.Button("Run", variant="primary", elem_id="run-button")
                 examples = example_rows()
                 if examples:
@@ -649,7 +667,8 @@ def build_demo() -> gr.Blocks:
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)
         run.click(
             analyze_image,
-            [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens, view],
+            [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens, view,
+             system_prompt],
             [session, heatmap, mask, gallery, answers, summary], api_name="analyze", **gpu_queue,
         ).success(
             after_analyze, [session, view],

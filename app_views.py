@@ -388,7 +388,7 @@ def reproduce_command(analysis: Analysis) -> str:
         "python -m gprune input.png", shlex.quote(analysis.question), f"--model {shlex.quote(analysis.model_name)}",
         f"--methods {','.join(c.methods)}", f"--keep-ratio {c.keep_ratio:g}", f"--iterations {c.iterations}",
         f"--threshold {c.threshold:g}", f"--temperature {c.temperature:g}", f"--fastv-layer {c.fastv_layer}",
-        f"--max-new-tokens {c.max_new_tokens}", f"--seed {c.seed}",
+        f"--max-new-tokens {c.max_new_tokens}", f"--seed {c.seed}", f"--system-prompt {c.system_prompt}",
     ])
 
 

@@ -1,8 +1,9 @@
 """G-Prune Explorer core: training-free visual-token pruning for LLaVA-NeXT, and the model plumbing to see it.
 
 Pure methods: `gprune_scores`, `gprune_keep`, `gprune_select` (graph.py), `tome_select` (tome.py),
-`l2norm_select`, `random_select` (baselines.py). Model plumbing: loading.py, pipeline.py, llm.py; `patch` /
-`unpatch` (patch.py) put any method into stock transformers `generate`.
+`l2norm_select`, `random_select` (baselines.py). Model plumbing: loading.py (with checkpoint.py's load-time
+checks and prompts.py's chat prompts), pipeline.py, llm.py; `patch` / `unpatch` (patch.py) put any method into
+stock transformers `generate`.
 """
 
 from .analysis import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, run_grid, run_method

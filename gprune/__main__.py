@@ -12,6 +12,7 @@ import numpy as np
 from .analysis import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze
 from .images import load_image
 from .loading import load_model
+from .prompts import SYSTEM_PROMPTS, TEMPLATE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timing-rounds", type=int, default=0,
                         help="time each method's selection and prefill this many more times after the answer run "
                              "(its warm-up) and print median [min–max]; 0 prints no timings")
+    parser.add_argument("--system-prompt", choices=SYSTEM_PROMPTS, default=TEMPLATE,
+                        help="'template': the checkpoint's chat template as it is; 'llava': LLaVA's training system "
+                             "prompt first (Vicuna, Llama-3 and Qwen2 checkpoints)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder for summary.json and tokens.npz")
     return parser.parse_args(argv)
 
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             iterations=args.iterations, threshold=args.threshold, temperature=args.temperature,
             fastv_layer=args.fastv_layer, max_new_tokens=args.max_new_tokens, seed=args.seed,
             timing_rounds=args.timing_rounds,
+            system_prompt=args.system_prompt,
         )
         image = load_image(args.image)
         print(f"loading model {args.model} …", file=sys.stderr)

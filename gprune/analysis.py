@@ -19,10 +19,12 @@ from .checks import check_iterations, check_keep_ratio, check_temperature, check
 from .flops import prefill_flops
 from .graph import gprune_select
 from .layout import TokenLayout
+from .limits import MAX_NEW_TOKENS
 from .loading import LoadedModel
 from .packed import keep_top_per_view
 from .pipeline import (EncodedPrompt, Generation, Prompt, answer_log_probabilities, encode, generate_many, kept_sequence,
                        prefill_prompt)
+from .prompts import TEMPLATE, check_system_prompt
 from .result import PruneResult, Selection
 from .timing import Timing
 from .tome import tome_select
@@ -36,7 +38,6 @@ METHOD_LABELS = {
     "l2norm": "L2-norm",
     "random": "Random",
 }
-MAX_NEW_TOKENS = 512
 MAX_TIMING_ROUNDS = 10
 
 Progress = Callable[[float, str], None]
@@ -55,6 +56,7 @@ class AnalysisConfig:
     max_new_tokens: int = 32
     seed: int = 0
     timing_rounds: int = 0  # > 0: time selection and prefill of every method this many times after a warm-up
+    system_prompt: str = TEMPLATE  # "template": the checkpoint's chat template; "llava": LLaVA's training system prompt first
 
     def validate(self, num_layers: int) -> "AnalysisConfig":
         unknown = [m for m in self.methods if m not in METHODS]
@@ -70,6 +72,7 @@ class AnalysisConfig:
             raise ValueError(f"max_new_tokens must be from 1 to {MAX_NEW_TOKENS}, got {self.max_new_tokens!r}")
         if isinstance(self.timing_rounds, bool) or not isinstance(self.timing_rounds, int) or not 0 <= self.timing_rounds <= MAX_TIMING_ROUNDS:
             raise ValueError(f"timing_rounds must be a whole number from 0 to {MAX_TIMING_ROUNDS}, got {self.timing_rounds!r}")
+        check_system_prompt(self.system_prompt)
         return self
 
 
@@ -89,6 +92,7 @@ class Analysis:
     features: np.ndarray
     reference: PruneResult
     results: dict[str, PruneResult] = field(default_factory=dict)
+    system_text: str | None = None  # what `config.system_prompt` put before the chat template
 
     def summary(self) -> dict:
         return {
@@ -98,6 +102,7 @@ class Analysis:
             "image_size": [self.layout.image_width, self.layout.image_height],
             "grid": {"rows": self.layout.rows, "cols": self.layout.cols, "visual_tokens": self.layout.n_tokens},
             "config": asdict(self.config),
+            "prompt": {"system_prompt": self.config.system_prompt, "system_text": self.system_text},
             "reference": self.reference.summary(),
             "results": {name: result.summary() for name, result in self.results.items()},
         }
@@ -236,11 +241,12 @@ def analyze(
     config.validate(loaded.model.config.text_config.num_hidden_layers)
     report = progress or (lambda fraction, message: None)
     report(0.0, "encoding image")
-    encoded = encode(loaded, image, question)
+    encoded = encode(loaded, image, question, system_prompt=config.system_prompt)
     jobs = [("unpruned", 1.0)] + [(method, config.keep_ratio) for method in config.methods]
     results = run_methods(loaded, encoded, jobs, config, report=lambda f, message: report(0.1 + 0.9 * f, message))
     features = encoded.packed_features.detach().float().cpu().numpy()
-    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, results[0])
+    analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, results[0],
+                        system_text=loaded.system_text(config.system_prompt))
     analysis.results = {result.method: result for result in results[1:]}
     report(1.0, "done")
     return analysis

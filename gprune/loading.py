@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
     LlavaNextConfig,
@@ -17,6 +18,8 @@ from transformers import (
     LlavaNextProcessor,
 )
 
+from . import prompts
+from . import checkpoint
 from .tiny import build_tiny
 
 TINY = "tiny"
@@ -46,16 +49,14 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def prompt(self, question: str) -> str:
-        """The checkpoint's own chat template applied to one image and `question`, generation prompt added."""
-        if not isinstance(question, str):
-            raise ValueError(f"question must be a string, got {type(question).__name__}")
-        placeholder = getattr(self.processor, "image_token", None) or "<image>"
-        if placeholder in question:  # the processor would expand it into a second image's worth of tokens
-            raise ValueError(f"the question must not contain {placeholder!r}: that is the model's image placeholder, "
-                             "and the image is inserted automatically; remove it")
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+    def prompt(self, question: str, system_prompt: str = prompts.TEMPLATE) -> str:
+        """The checkpoint's own chat template applied to one image and `question`, generation prompt added;
+        `system_prompt="llava"` puts LLaVA's training system prompt first (see `gprune.prompts`)."""
+        return prompts.chat_prompt(self.processor, self.model.config.text_config.model_type, question, system_prompt)
+
+    def system_text(self, system_prompt: str) -> str | None:
+        """The system text `system_prompt` adds in front of the chat template (None for "template")."""
+        return prompts.system_text(self.processor, self.model.config.text_config.model_type, system_prompt)
 
 
 def resolve_model_name(name: str) -> str:
@@ -68,11 +69,13 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def load_model(name: str = AUTO, *, device: str | None = None) -> LoadedModel:
+def load_model(name: str = AUTO, *, device: str | None = None, available_memory: int | None = None) -> LoadedModel:
     """Load `name` (`"auto"`, `"tiny"`, a hub id or a local directory) onto `device`.
 
-    `device` defaults to CUDA when available, else CPU. Checkpoints load in bfloat16 on CUDA and float32 on
-    the CPU; `tiny` is always float32. Raises `ValueError` for anything that cannot be loaded.
+    `device` defaults to CUDA when available, else CPU. Checkpoints load in bfloat16 on CUDA; on the CPU in
+    float32 when that fits in memory, else in bfloat16. `available_memory` (bytes) replaces the device's free
+    memory in that decision. `tiny` is always float32. Raises `ValueError` for anything that cannot be loaded,
+    and, before any weight is read, for a checkpoint that would run wrongly or not fit (`gprune.checkpoint`).
     """
     name = resolve_model_name(name)
     target = _resolve_device(device)
@@ -87,11 +90,13 @@ def load_model(name: str = AUTO, *, device: str | None = None) -> LoadedModel:
         raise ValueError(_unreachable_message(name, "no such directory"))  # a path, not a hub id
     else:
         source = name
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(_unreachable_message(name, _first_line(error))) from error
+    except StrictDataclassError as error:  # transformers' own type check of the config fields
+        raise ValueError(f"{name!r} has an invalid config.json ({' '.join(str(error).split())}); "
+                         f"use one of {', '.join(KNOWN_MODELS)} or '{TINY}'") from error
     if not isinstance(config, LlavaNextConfig):
         raise ValueError(
             f"{name!r} is a {config.model_type!r} model, not LLaVA-NeXT (model_type 'llava_next'); "
@@ -102,6 +107,10 @@ def load_model(name: str = AUTO, *, device: str | None = None) -> LoadedModel:
             f"{name!r} has a {config.vision_config.model_type!r} vision tower; only CLIP ('clip_vision_model'), "
             "as in the llava-hf LLaVA-NeXT checkpoints, is supported"
         )
+    checkpoint.check_supported(config, name)
+    if available_memory is None:
+        available_memory = checkpoint.available_memory(target)
+    dtype = checkpoint.choose_dtype(config, target, available_memory, name)
     try:
         # Loaded on the CPU, then moved: `device_map` would need `accelerate`.
         model = LlavaNextForConditionalGeneration.from_pretrained(

@@ -16,6 +16,7 @@ from PIL import Image
 from .layout import TokenLayout, token_layout
 from .llm import DecodeState, FastVPlan, PrefillOutput, Rows, decode_step, merge_states, prefill
 from .loading import LoadedModel
+from .prompts import TEMPLATE
 from .result import Selection
 
 
@@ -44,8 +45,9 @@ class EncodedPrompt:
 
 
 @torch.no_grad()
-def encode(loaded: LoadedModel, image: Image.Image, question: str) -> EncodedPrompt:
-    """Run the processor and the vision tower + projector once; find the image span from the ids."""
+def encode(loaded: LoadedModel, image: Image.Image, question: str, *, system_prompt: str = TEMPLATE) -> EncodedPrompt:
+    """Run the processor and the vision tower + projector once; find the image span from the ids.
+    `system_prompt`: "template" (the checkpoint's chat template) or "llava" (LLaVA's training system prompt first)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("question must be a non-empty string, e.g. 'What is in the image?'")
     model, processor = loaded.model, loaded.processor
@@ -56,7 +58,7 @@ def encode(loaded: LoadedModel, image: Image.Image, question: str) -> EncodedPro
             f"a {image.width}×{image.height} image is too thin: its high-resolution grid has no cells; "
             "crop or pad it to an aspect ratio of at most about 1:100"
         )
-    inputs = processor(images=image, text=loaded.prompt(question), return_tensors="pt").to(loaded.device)
+    inputs = processor(images=image, text=loaded.prompt(question, system_prompt), return_tensors="pt").to(loaded.device)
     image_span = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
     image_start, image_end = int(image_span[0]), int(image_span[-1]) + 1
     if image_end - image_start != len(image_span) or len(image_span) != layout.n_tokens:

@@ -20,6 +20,7 @@ from transformers import (
     LlavaNextProcessor,
     MistralConfig,
     PreTrainedTokenizerFast,
+    Qwen2Config,
 )
 
 SEED = 0
@@ -133,9 +134,12 @@ class TextShape:
     kv_heads: int
     intermediate: int
     vocab: int | None = None
-    family: str = "llama"  # "llama" or "mistral" (same decoder layout; Mistral is LLaVA-NeXT-7B's)
+    # "llama", "mistral" or "qwen2": the decoder layout is the same (Qwen2 adds q/k/v biases); Mistral is
+    # LLaVA-NeXT-7B's, Llama Vicuna's and Llama-3's, Qwen2 the 72B/110B checkpoints'.
+    family: str = "llama"
     rope_theta: float = 10000.0
     max_positions: int = 4096
+    sliding_window: int | None = None  # Mistral only; None = full causal attention (as in Mistral-7B-v0.2)
 
 
 @dataclass(frozen=True)
@@ -167,10 +171,16 @@ def build_config(tokenizer: PreTrainedTokenizerFast, text: TextShape = TINY_TEXT
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
         rope_theta=text.rope_theta,
     )
+    if text.sliding_window is not None and text.family != "mistral":
+        raise ValueError(f"sliding_window is a Mistral setting; the {text.family!r} family has none")
     if text.family == "mistral":
-        text_config = MistralConfig(**common, sliding_window=None)
-    else:
+        text_config = MistralConfig(**common, sliding_window=text.sliding_window)
+    elif text.family == "qwen2":
+        text_config = Qwen2Config(**common)
+    elif text.family == "llama":
         text_config = LlamaConfig(**common)
+    else:
+        raise ValueError(f"unknown text family {text.family!r}; use 'llama', 'mistral' or 'qwen2'")
     config = LlavaNextConfig(
         vision_config=vision_config,
         text_config=text_config,
