@@ -269,11 +269,12 @@ def prefill(language_model, rows: Rows, fastv: FastVPlan | None = None) -> Prefi
     position_embeddings = language_model.rotary_emb(hidden, position_ids=positions)
     masks: dict[int | None, object] = {}
     image_attention: list[torch.Tensor | None] = [None] * hidden.shape[0]
+    scoring_row = None  # FastV's query attention at layer K − 1, used to prune before layer K
     selection_seconds = 0.0
     for index, layer in enumerate(language_model.layers):
         if fastv is not None and index == fastv.layer:
             start = time.perf_counter()
-            hidden, positions, real, seen, image_attention = _fastv_prune(fastv, attention, hidden, positions, real, seen)
+            hidden, positions, real, seen, image_attention = _fastv_prune(fastv, scoring_row, hidden, positions, real, seen)
             selection_seconds += time.perf_counter() - start
             group_real.append(real)
             group_positions.append(positions)
@@ -283,8 +284,8 @@ def prefill(language_model, rows: Rows, fastv: FastVPlan | None = None) -> Prefi
             start = time.perf_counter()
             padding = real.shape[1] - real.sum(dim=1)
             query_index = torch.as_tensor(fastv.queries, device=real.device) + padding
-            attention = query_attention(layer.self_attn, layer.input_layernorm(hidden), position_embeddings,
-                                        positions, real, query_index, windows[index])
+            scoring_row = query_attention(layer.self_attn, layer.input_layernorm(hidden), position_embeddings,
+                                          positions, real, query_index, windows[index])
             selection_seconds += time.perf_counter() - start
         window = windows[index]
         if window not in masks:

@@ -129,3 +129,11 @@ def limits_app(tmp_path_factory):
     env = dict(GPRUNE_SESSION_TTL_S=str(SHORT_TTL_S), GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY)
     with running_app(tmp_path_factory.mktemp("limits_app"), env) as app:
         yield app
+
+
+@pytest.fixture(scope="session")
+def lookalike_dirs(tmp_path_factory):
+    """The four look-alike checkpoint folders of tests/lookalikes.py, built once per test session."""
+    from lookalikes import FAMILIES, build_lookalike
+
+    return {key: build_lookalike(key, tmp_path_factory.mktemp(key)) for key in FAMILIES}

@@ -23,7 +23,7 @@ from gprune.__main__ import main
 from gprune.checkpoint import parameter_count, required_bytes
 from gprune.pipeline import Prompt, answer_log_probabilities, kept_sequence
 from gprune.result import Selection
-from lookalikes import FAMILIES, LEGACY_PREFIXES, build_lookalike
+from lookalikes import FAMILIES, LEGACY_PREFIXES
 
 QUESTION = "What is shown in this image?"
 NEW_TOKENS = 8
@@ -46,11 +46,6 @@ PROMPTS = {
     "qwen2": (QWEN2_TURN, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + QWEN2_TURN),
 }
 CASES = [(family, dtype) for family in FAMILIES for dtype in DTYPES]
-
-
-@pytest.fixture(scope="session")
-def lookalike_dirs(tmp_path_factory):
-    return {key: build_lookalike(key, tmp_path_factory.mktemp(key)) for key in FAMILIES}
 
 
 @pytest.fixture(scope="module")

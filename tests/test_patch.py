@@ -232,3 +232,35 @@ def test_patching_again_replaces_the_settings(tiny_model, images):
         greedy(model, inputs)
         second = selections(model)[0]
     assert (first, len(second.kept_positions)) == (144 + 432 + 36, 288 + 864 + 36)
+
+
+@pytest.mark.parametrize("family", ["mistral", "vicuna", "llama3"])
+def test_look_alike_checkpoints_batch_one_equals_analyze_and_batches_equal_batch_one(lookalike_dirs, images, family):
+    """The real families' text models (look-alikes in the hub's layout): same contract as on the tiny model."""
+    from gprune import load_model
+    from gprune.pipeline import eos_ids
+
+    loaded = load_model(str(lookalike_dirs[family]), device="cpu")
+    stop = eos_ids(loaded)
+
+    def until_eos(row):
+        return next((row[:i] for i, token in enumerate(row) if token in stop), row)
+
+    pair = images[:2]
+    inputs = loaded.processor(images=pair, text=[loaded.prompt(QUESTION)] * 2, padding=True, return_tensors="pt")
+    for method in ("gprune", "fastv", "tome"):
+        config = AnalysisConfig(methods=(method,), max_new_tokens=6, **SETTINGS)
+        ours = [analyze(loaded, image, QUESTION, config).results[method].answer_token_ids for image in pair]
+        patch(loaded.model, method=method, **SETTINGS)
+        try:
+            with torch.no_grad():
+                singles = []
+                for image in pair:
+                    single = loaded.processor(images=image, text=loaded.prompt(QUESTION), return_tensors="pt")
+                    out = loaded.model.generate(**single, max_new_tokens=6, do_sample=False)
+                    singles.append(until_eos(out[0, single["input_ids"].shape[1]:].tolist()))
+                batch = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        finally:
+            unpatch(loaded.model)
+        assert singles == ours, method
+        assert [until_eos(row) for row in batch[:, inputs["input_ids"].shape[1]:].tolist()] == singles, method

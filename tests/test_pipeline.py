@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from gprune import METHODS, AnalysisConfig, analyze, answer_stability, encode
-from gprune.analysis import method_prompt, run_method
+from gprune.analysis import method_prompt
 from gprune.llm import FastVPlan, Rows, prefill, query_attention
 from gprune.pipeline import Prompt, answer_log_probabilities, generate, kept_sequence
 from gprune.result import Selection
