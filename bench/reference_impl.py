@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gprune.packed import BASE_TOKENS, block_positions, keep_top_per_view, token_budget
+from gprune.packed import BASE_TOKENS, block_positions, token_budget
 
 
 def published_keep(packed: torch.Tensor, rows: int, cols: int, keep_ratio: float, *, iterations: int = 5,

@@ -38,14 +38,14 @@ def goals_table(selection, prefill, memory=None) -> str:
 
 def main(argv=None) -> int:
     selection, memory, prefill = _load("selection"), _load("memory"), _load("prefill")
-    gpu, app = _load("gpu_prefill"), _load("app_latency")
+    app = _load("app_latency")
     lines = ["# Benchmark summary", ""]
     machine = next((r["machine"] for r in (selection, prefill, memory, app) if r), None)
     if machine:
         lines += [f"Machine: {machine_line(machine)}.", ""]
     lines += ["## Goals", "", goals_table(selection, prefill, memory), ""]
     for name, title in (("selection", "Selection cost"), ("memory", "Memory"), ("prefill", "Prefill"),
-                        ("gpu_prefill", "GPU prefill"), ("app_latency", "App latency")):
+                        ("batched_run", "Batched Run"), ("gpu_prefill", "GPU prefill"), ("app_latency", "App latency")):
         path = RESULTS / f"{name}.md"
         if path.exists():
             text = path.read_text().split("## torch.profiler")[0].rstrip()

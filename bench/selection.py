@@ -29,7 +29,6 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
 from gprune.baselines import l2norm_select, random_select
-from gprune.checks import check_features
 from gprune.graph import gprune_keep, gprune_select
 from gprune.layout import token_layout
 from gprune.llm import last_token_attention

@@ -46,3 +46,13 @@ def test_prefill_benchmark_quick_runs_the_pipeline(capsys):
     assert [row[0] for row in rows[1:]] == ["unpruned", "gprune", "fastv", "tome", "l2norm", "random"]
     for row in rows[1:]:
         assert float(row[4]) >= 1.0 and float(row[5]) > 0  # FLOPs speedup ≥ 1, measured speedup positive
+
+
+def test_batched_run_benchmark_quick_compares_both_paths(capsys):
+    from bench.batched_run import COLUMNS, main
+
+    assert main(["--quick", "--no-write"]) == 0
+    rows = table_rows(capsys.readouterr().out, "model")
+    assert rows[0] == COLUMNS and rows[1][0] == "tiny"
+    ratio, limit = float(rows[1][5]), float(rows[1][7])
+    assert ratio > 0 and 0 < limit <= 1 and rows[1][-1] == "yes"  # the batched answers are the sequential ones
