@@ -9,8 +9,9 @@ Assumptions, for LLaVA-NeXT-7B in bf16 on the GPU `spaces` 0.51.3 sizes duration
 slice, 60 of the H200's 132 SMs ≈ 450 TFLOP/s bf16 peak; on the default half RTX PRO 6000 Blackwell `spaces`
 grants 1.5× the requested time):
 - prefill runs at 100 TFLOP/s (~22 % of peak: eager transformers layers, our layer-by-layer loop);
-- each decoded token reads every weight once at 1 TB/s and pays 0.3 ms per layer of Python and kernel
-  launches (our decode loop is not CUDA-graphed): 15 GB / 1 TB/s + 32 × 0.3 ms ≈ 25 ms per token;
+- a Run decodes all its answers as one batch: each decode step reads every weight once and every row's KV
+  cache at 1 TB/s and pays 0.3 ms per layer of Python and kernel launches (our decode loop is not
+  CUDA-graphed): (15 GB + 6 rows × 3.5k tokens × 128 kB) / 1 TB/s + 32 × 0.3 ms ≈ 27 ms per step;
 - 10 s fixed per call: the lease, the first call's kernel selection, copying results back;
 - everything variable is multiplied by a safety factor of 1.5.
 """
@@ -45,6 +46,8 @@ class CostModel:
         self.vision_parameters = sum(p.numel() for p in model.model.vision_tower.parameters())
         self.layers, self.hidden = text.num_hidden_layers, text.hidden_size
         self.bytes_per_parameter = model.dtype.itemsize
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.kv_bytes_per_token = 2 * self.layers * text.num_key_value_heads * head_dim * self.bytes_per_parameter
         vision = model.config.vision_config
         self.tile_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         self.pinpoints, self.tile, self.patch = model.config.image_grid_pinpoints, vision.image_size, vision.patch_size
@@ -58,9 +61,11 @@ class CostModel:
         flops = 2 * self.decoder_parameters * tokens + 2 * self.layers * tokens**2 * self.hidden
         return flops / PREFILL_FLOP_PER_SECOND
 
-    def decode_seconds_per_token(self) -> float:
+    def decode_seconds_per_step(self, rows: int, cached_tokens: int) -> float:
+        """One decode step of a batch of `rows`, each attending to `cached_tokens` cached tokens."""
         weight_bytes = (self.decoder_parameters + self.head_parameters) * self.bytes_per_parameter
-        return weight_bytes / DECODE_BYTES_PER_SECOND + self.layers * DECODE_SECONDS_PER_LAYER
+        cache_bytes = rows * cached_tokens * self.kv_bytes_per_token
+        return (weight_bytes + cache_bytes) / DECODE_BYTES_PER_SECOND + self.layers * DECODE_SECONDS_PER_LAYER
 
     def vision_seconds(self) -> float:
         """The vision tower over the base view and the tiles of the largest grid pinpoint."""
@@ -68,12 +73,14 @@ class CostModel:
         return 2 * self.vision_parameters * tiles * self.tile_tokens / PREFILL_FLOP_PER_SECOND
 
     def analysis_seconds(self, image: Image.Image, config: AnalysisConfig) -> int:
-        """One Run: the unpruned reference and every method, each a prefill (plus a warm-up and `timing_rounds`
-        repeats when timing) and up to `max_new_tokens` decoded tokens. Pruned prefills are counted unpruned."""
+        """One Run: the unpruned reference and every method, each a prefill (plus `timing_rounds` repeats when
+        timing; the answer run is their warm-up), then up to `max_new_tokens` steps decoding every answer as one
+        batch. Pruned prefills and caches are counted unpruned."""
         runs = 1 + len(config.methods)
-        prefills = runs * (1 + (config.timing_rounds + 1 if config.timing_rounds else 0))
-        work = (self.vision_seconds() + prefills * self.prefill_seconds(self.prompt_tokens(image))
-                + runs * config.max_new_tokens * self.decode_seconds_per_token())
+        prefills = runs * (1 + config.timing_rounds)
+        tokens = self.prompt_tokens(image)
+        decode = config.max_new_tokens * self.decode_seconds_per_step(runs, tokens + config.max_new_tokens)
+        work = self.vision_seconds() + prefills * self.prefill_seconds(tokens) + decode
         return math.ceil(FIXED_SECONDS + SAFETY * work)
 
     def sweep_seconds(self, image: Image.Image, answer_tokens: int, keep_ratios: int, config: AnalysisConfig) -> int:
