@@ -1,4 +1,5 @@
-"""`python -m gprune IMAGE QUESTION`: analyse one image with the chosen methods, write JSON + NPZ."""
+"""`python -m gprune IMAGE QUESTION`: analyse one image with the chosen methods, write JSON + NPZ.
+`python -m gprune precompute …`: bundles of the examples for the explorer (see gprune/precompute.py)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ def timing_text(timing) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["precompute"]:
+        from .precompute import main as precompute
+
+        return precompute(argv[1:])
     args = parse_args(argv)
     try:
         config = AnalysisConfig(

@@ -25,7 +25,7 @@ from .packed import keep_top_per_view
 from .pipeline import (EncodedPrompt, Generation, Prompt, answer_log_probabilities, encode, generate_many, kept_sequence,
                        prefill_prompt)
 from .prompts import TEMPLATE, check_system_prompt
-from .result import PruneResult, Selection
+from .result import Precomputed, PruneResult, Selection
 from .timing import Timing
 from .tome import tome_select
 
@@ -39,6 +39,7 @@ METHOD_LABELS = {
     "random": "Random",
 }
 MAX_TIMING_ROUNDS = 10
+DEFAULT_SWEEP_RATIOS = (1.0, 0.75, 0.5, 0.25, 0.11, 0.05)
 
 Progress = Callable[[float, str], None]
 
@@ -80,7 +81,9 @@ class AnalysisConfig:
 class Analysis:
     """The reference run and every method's result for one image + question.
 
-    `features` is the `(n, d)` float32 packed block, kept on the CPU for graph views in the UI.
+    `features` is the `(n, d)` float32 packed block, kept on the CPU for graph views in the UI; an analysis
+    restored from a precomputed bundle has none, and `precomputed` holds what the views derive from them.
+    `origin` is None for a live run, else where the analysis came from ("precomputed on MODEL at DATE").
     """
 
     config: AnalysisConfig
@@ -89,10 +92,12 @@ class Analysis:
     question: str
     image: Image.Image
     layout: TokenLayout
-    features: np.ndarray
+    features: np.ndarray | None
     reference: PruneResult
     results: dict[str, PruneResult] = field(default_factory=dict)
     system_text: str | None = None  # what `config.system_prompt` put before the chat template
+    precomputed: Precomputed | None = None
+    origin: str | None = None
 
     def summary(self) -> dict:
         return {

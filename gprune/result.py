@@ -108,3 +108,19 @@ class PruneResult:
             "prefill_timing": self.prefill_timing.summary() if self.prefill_timing else None,
             "answer": self.answer,
         }
+
+
+@dataclass(frozen=True)
+class Precomputed:
+    """What the explorer otherwise derives from an analysis's `(n, d)` features, stored instead of them when
+    an analysis is restored from a precomputed bundle (gprune/bundle.py).
+
+    Attributes:
+        similarity: view name ("base", "grid") → `(pairs,)` float32 cosine similarities of random token pairs
+            (`gprune.stats.pair_similarities`).
+        tome: keep ratio → ToMe's selection at that ratio (`merged_features` omitted), for every ratio the
+            explorer's keep-ratio control offers.
+    """
+
+    similarity: dict[str, np.ndarray]
+    tome: dict[float, Selection]
