@@ -13,6 +13,10 @@ exporting afterwards are CPU-only redraws of stored results.
 
 from __future__ import annotations
 
+from app_folders import private_folders
+
+DOWNLOADS = private_folders()  # first: Gradio (which `spaces` may import) reads its folder's location at import
+
 try:  # Hugging Face Spaces ZeroGPU (one GPU lease per decorated call); imported before torch, as it requires.
     import spaces
 except ImportError:
@@ -35,7 +39,7 @@ from PIL import Image
 from starlette.middleware import Middleware
 
 import app_views as views
-from app_files import SessionFiles, private_folders, write_gradio_cache_atomically
+from app_files import SessionFiles, write_gradio_cache_atomically
 from app_guard import GuardedBlocks, RequestGuard
 from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, pixel_coordinates,
                         read_question)
@@ -605,7 +609,6 @@ def server_port() -> int | None:
     return int(value) if value else None
 
 
-DOWNLOADS = private_folders()  # before any component is made: they read Gradio's folder from the environment
 write_gradio_cache_atomically()
 demo = build_demo()
 demo.queue(default_concurrency_limit=STEP_CONCURRENCY)

@@ -1,10 +1,9 @@
-"""Where the app writes files: a private folder made at start-up, each session's downloads built once per run
-and removed with the session, and Gradio's shared picture cache written so that no reader sees a partial file.
+"""How the app writes files: each session's downloads built once per run and removed with the session, and
+Gradio's shared picture cache written so that no reader sees a partial file. (Where: `app_folders`.)
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import tempfile
@@ -14,25 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradio import processing_utils
-
-
-def private_folders() -> Path:
-    """Make this process's private folders now; return the one for the sessions' downloads.
-
-    Fixed names under the shared temp folder (`$TMPDIR/gprune-explorer`, Gradio's default `$TMPDIR/gradio`)
-    can be planted beforehand by another local user, e.g. as a symlink to a folder of theirs; a folder made
-    by `mkdtemp` (new, random name, mode 0700) cannot. Gradio's upload and cache folder is one unless
-    `GRADIO_TEMP_DIR` names another; the downloads folder goes inside it, so Gradio serves those files where
-    they are instead of copying them. Call this before any Gradio component is made (they read the folder).
-    """
-    if not os.environ.get("GRADIO_TEMP_DIR"):
-        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gprune-explorer-")
-        atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
-    cache = Path(os.environ["GRADIO_TEMP_DIR"])
-    cache.mkdir(parents=True, exist_ok=True)
-    downloads = Path(tempfile.mkdtemp(prefix="gprune-downloads-", dir=cache)).resolve()
-    atexit.register(shutil.rmtree, downloads, True)
-    return downloads
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -3,8 +3,9 @@ stays short, and no client-chosen value can make the server hold unbounded memor
 
 * `RequestGuard`, an ASGI middleware in front of Gradio's routes: caps request bodies, accepts only session
   ids shaped like the ones Gradio's clients make, and lets a session have one raw `/call` in flight.
-* `GuardedBlocks`, the app's `gr.Blocks`: refuses a call with missing inputs by name, logs a refused input as
-  one line, and answers an unexpected failure with a reference to its logged traceback.
+* `GuardedBlocks`, the app's `gr.Blocks`: refuses a call with missing inputs by name or with a file that was
+  not uploaded, logs a refused input as one line, and answers an unexpected failure with a reference to its
+  logged traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import re
 import secrets
 
 import gradio as gr
-from gradio.exceptions import InvalidPathError
+import pydantic
+from gradio_client.utils import is_file_obj, traverse
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app_inputs import NOT_AN_UPLOAD, shown
+from app_inputs import shown, uploaded_file
 
 # Gradio's browser client makes 11-character base-36 ids and gradio_client uuid4 strings. Gradio keys its
 # queues and session states by whatever string a client sends; a 4 MB id cost 4 MB per call, kept.
@@ -54,7 +57,8 @@ class RequestGuard:
     """ASGI middleware (`launch(app_kwargs={"middleware": [...]})`) for every HTTP request.
 
     * Bodies: at most `MAX_BODY_BYTES`, except uploads (one file of at most `max_upload_bytes`, which Gradio
-      checks per file); counted as they arrive, whatever Content-Length says (HTTP 413).
+      checks per file); counted as they arrive, whatever Content-Length says (HTTP 413). An upload that is
+      cut off, by the cap or by the client, leaves no partial file behind.
     * Session ids, in a JSON body, the query or the heartbeat path: `SESSION_ID` only (HTTP 400).
     * Raw `/call` API: Gradio sends a session's results to whichever `GET /call/…/{event_id}` stream of that
       session reads first, so two calls in flight in one session could swap results or leave one stream
@@ -78,10 +82,10 @@ class RequestGuard:
                 limit = self.max_upload_bytes + MULTIPART_OVERHEAD
                 self.check_length(request, limit, "an upload carries one file of at most "
                                                   f"{self.max_upload_bytes:,} bytes")
-                await self.app(scope, counted(receive, limit), send)  # streamed to disk by Gradio
+                await self.app(scope, upload_stream(receive, limit), send)  # streamed to disk by Gradio
                 return
             self.check_length(request, MAX_BODY_BYTES, "send images through /gradio_api/upload")
-            body = await read_body(counted(receive, MAX_BODY_BYTES))
+            body = await read_body(receive, MAX_BODY_BYTES)
             session = self.call_session(request, body)
         except Refused as refusal:
             await refusal.response(scope, receive, send)
@@ -113,8 +117,10 @@ class RequestGuard:
         """Check the JSON body's session id; for a raw `/call`, return it (refused if the session is busy)."""
         try:
             payload = json.loads(body) if body else None
-        except (ValueError, RecursionError):
+        except ValueError:
             return None  # not JSON: the route answers as it would
+        except RecursionError:  # the routes' own parsing would fail the same way, with an unexplained 500
+            raise Refused(400, "The request's JSON is nested too deeply.") from None
         if not isinstance(payload, dict) or payload.get("session_hash") is None:
             return None
         session = payload["session_hash"]
@@ -128,29 +134,39 @@ class RequestGuard:
         return session
 
 
-async def read_body(receive) -> bytes:
-    """The whole request body."""
-    chunks = []
+async def read_body(receive, limit: int) -> bytes:
+    """The whole request body, refused once more than `limit` bytes arrived (Content-Length may be absent)."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            raise Refused(413, f"Request body too large: at most {limit:,} bytes.")
         if message["type"] != "http.request" or not message.get("more_body"):
             return b"".join(chunks)
 
 
-def counted(receive, limit: int):
-    """`receive` that refuses a body once more than `limit` bytes arrived (a missing or false Content-Length)."""
+def upload_stream(receive, limit: int):
+    """`receive` for Gradio's upload route that stops a body over `limit` bytes or cut off by the client.
+
+    Both are raised as Gradio's own `MultiPartException`: its parser deletes the part files it has written for
+    that exception only (a disconnect would leave them in the upload folder), and its route answers 413 for a
+    message that says "maximum allowed size".
+    """
     size = 0
 
-    async def receive_counted():
+    async def receive_upload():
         nonlocal size
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise MultiPartException("The upload was interrupted.")
         size += len(message.get("body", b""))
         if size > limit:
-            raise Refused(413, f"Request body too large: at most {limit:,} bytes.")
+            raise MultiPartException(f"Request body exceeded maximum allowed size of {limit} bytes.")
         return message
 
-    return receive_counted
+    return receive_upload
 
 
 def replay(body: bytes, receive):
@@ -180,6 +196,18 @@ class GuardedBlocks(gr.Blocks):
                            f"{len(inputs)}. Send all of them, in that order (gradio_client fills in defaults).")
         super().validate_inputs(block_fn, inputs)
 
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        # Gradio copies every {"path": …} of a request into its cache before any component sees it (and
+        # downloads URLs); its own check then fails with a message naming the path, or none. Only uploads pass.
+        for value in inputs:
+            traverse(value, lambda file: uploaded_file(file["path"]), is_file_obj)
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except pydantic.ValidationError as error:  # a value of the wrong shape, e.g. an image {"path": 5}
+            problem = error.errors()[0]
+            where = ".".join(map(str, problem["loc"])) or "value"
+            raise gr.Error(f"An input is malformed ({where}: {problem['msg']}).") from None
+
     async def process_api(self, block_fn, *args, **kwargs):
         name = endpoint(self.fns[block_fn] if isinstance(block_fn, int) else block_fn)
         try:
@@ -188,9 +216,6 @@ class GuardedBlocks(gr.Blocks):
             error.print_exception = False  # Gradio would print a 30-line traceback for a refused input
             log.info("refused %s: %s", name, shown(error.message, 300))
             raise
-        except InvalidPathError:  # a file path in the request that Gradio did not receive as an upload
-            log.info("refused %s: a file that is not an upload", name)
-            raise gr.Error(NOT_AN_UPLOAD, print_exception=False) from None
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("error %s in %s", reference, name)

@@ -16,7 +16,6 @@ from pathlib import Path
 import gradio as gr
 from gradio import component_meta
 from gradio.utils import get_upload_folder
-from gradio_client.utils import is_http_url_like
 
 from gprune import METHODS
 from gprune.images import UNDECODABLE
@@ -47,17 +46,14 @@ def no_stub_files():
             component_meta.create_or_modify_pyi = original
 
 
-def uploaded_bytes(path: str) -> bytes:
-    """The content of a file Gradio received as an upload (or cached as an example), else `NOT_AN_UPLOAD`.
-
-    The path is resolved (symlinks, `..`) and must lie inside Gradio's upload and cache folder; its bytes are
-    read here, so that no path, and no message about one, reaches the decoder.
-    """
+def uploaded_file(path) -> Path:
+    """`path` resolved (symlinks, `..`) if it is a file Gradio received as an upload (or cached as an example):
+    inside its upload and cache folder. Anything else, existing or not, gets `NOT_AN_UPLOAD`."""
     try:
         resolved = Path(path).resolve(strict=True)
         if resolved.is_relative_to(Path(get_upload_folder()).resolve()) and resolved.is_file():
-            return resolved.read_bytes()
-    except (OSError, ValueError):  # missing, unreadable, or not a path at all (e.g. a NUL byte)
+            return resolved
+    except (OSError, ValueError, TypeError):  # missing, unreadable, or not a path at all (a NUL byte, a number)
         pass
     raise gr.Error(NOT_AN_UPLOAD)
 
@@ -75,8 +71,8 @@ with no_stub_files():
         """`gr.Image` (same front end) that hands the handler the uploaded file's bytes, for `gprune.images`.
 
         Gradio's own preprocessing opens the file with PIL (any of its formats) and, for a payload without
-        `meta`, returns whatever path the client wrote; here only an upload's bytes (or a `data:` URL's) get
-        through, and `load_image` says exactly what is wrong with them. A subclass (not a patched instance) so
+        `meta` (which Gradio does not treat as a file), returns whatever path the client wrote; here only an
+        upload's bytes (or a `data:` URL's) get through, and `load_image` says exactly what is wrong with them. A subclass (not a patched instance) so
         that Gradio's per-session copies of the component, e.g. after an example click, keep it.
         """
 
@@ -87,15 +83,10 @@ with no_stub_files():
                 return None
             if payload.url and payload.url.startswith("data:"):
                 return data_url_bytes(payload.url)
-            if payload.path is None:
-                raise gr.Error(NOT_AN_UPLOAD)
-            return uploaded_bytes(payload.path)
-
-        async def async_move_resource_to_block_cache(self, url_or_file_path):
-            # Gradio would download a URL sent as the image's path into its cache: never fetch for a client.
-            if is_http_url_like(str(url_or_file_path)):
-                raise gr.Error(NOT_AN_UPLOAD)
-            return await super().async_move_resource_to_block_cache(url_or_file_path)
+            try:  # read here, so that no path, and no message about one, reaches the decoder
+                return uploaded_file(payload.path).read_bytes()
+            except OSError:
+                raise gr.Error(NOT_AN_UPLOAD) from None
 
     class Setting(gr.Slider):
         """`gr.Slider` that names itself when an API call sends a value it cannot take.
