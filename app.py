@@ -5,10 +5,11 @@
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
 run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
 
-This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). The
-model is loaded once at import and only read afterwards; everything a user computes lives in that
-browser session's `gr.State`. One model call per Run (and per sweep); stepping, inspecting, comparing and
-exporting afterwards are CPU-only redraws of stored results.
+This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). What a
+client sends is checked by `app_inputs` (values) and `app_guard` (requests); files are written by `app_files`
+into the private folders of `app_folders`. The model is loaded once at import and only read afterwards;
+everything a user computes lives in that browser session's `gr.State`. One model call per Run (and per sweep);
+stepping, inspecting, comparing and exporting afterwards are CPU-only redraws of stored results.
 """
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ def inspect_click(session, view, evt: gr.SelectData, request: gr.Request = None)
 @shown
 def iterations_gif(session, view="grid", request: gr.Request = None):
     """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and view)."""
-    session = need_session(session, request)
+    session, view = need_session(session, request), views.check_view(view)
     return session.files.built(f"gprune-iterations-{view}.gif", lambda: views.iterations_gif(session, view))
 
 

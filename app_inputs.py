@@ -62,7 +62,7 @@ def data_url_bytes(url: str) -> bytes:
     try:
         return base64.b64decode(url.split(",", 1)[1], validate=True)
     except (IndexError, binascii.Error):
-        raise gr.Error(f"{UNUSABLE}the data URL is not base64 data that {UNDECODABLE}.") from None
+        raise gr.Error(f"{UNUSABLE}the data URL is not valid base64, so its data {UNDECODABLE}.") from None
 
 
 with no_stub_files():
@@ -72,8 +72,9 @@ with no_stub_files():
 
         Gradio's own preprocessing opens the file with PIL (any of its formats) and, for a payload without
         `meta` (which Gradio does not treat as a file), returns whatever path the client wrote; here only an
-        upload's bytes (or a `data:` URL's) get through, and `load_image` says exactly what is wrong with them. A subclass (not a patched instance) so
-        that Gradio's per-session copies of the component, e.g. after an example click, keep it.
+        upload's bytes (or a `data:` URL's) get through, and `load_image` says exactly what is wrong with them.
+        A subclass (not a patched instance) so that Gradio's per-session copies of the component, e.g. after an
+        example click, keep it.
         """
 
         is_template = True  # same Svelte component as gr.Image
