@@ -152,6 +152,11 @@ def test_only_uploads_are_opened(app_process, small_png, tmp_path, meta):
     uploaded = raw_upload(app_process.url, small_png)  # an actual upload, sent the same way, works
     event, data = raw_call(app_process.url, "analyze", [uploaded, *QUICK_ARGS])
     assert event == "complete" and data[-1]["image_size"] == [64, 48]
+    # So does an example, as the browser sends it after a click (Gradio cached the app's assets at start-up).
+    config = httpx.get(app_process.url.rstrip("/") + "/config", timeout=30).json()
+    example = next(c for c in config["components"] if c["type"] == "dataset")["props"]["samples"][0][0]
+    event, data = raw_call(app_process.url, "analyze", [example, *QUICK_ARGS])
+    assert event == "complete" and data[-1]["question"] == QUESTION
 
 
 def test_a_data_url_image_is_decoded_by_the_app(app_server, small_png):
