@@ -165,6 +165,8 @@ def test_a_data_url_image_is_decoded_by_the_app(app_server, small_png):
     assert event == "complete" and data[-1]["image_size"] == [64, 48]
     event, data = raw_call(app_server, "analyze", [{"url": "data:image/png;base64,@@not base64@@"}, *QUICK_ARGS])
     assert event == "error" and data["error"].startswith("That upload cannot be used: the data URL is not valid base64")
+    event, data = raw_call(app_server, "analyze", [{"path": 5}, *QUICK_ARGS])  # not even a path
+    assert (event, data["error"]) == ("error", "An input is malformed (path: Input should be a valid string).")
 
 
 # ------------------------------------------------------------------------------------------- the model
