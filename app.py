@@ -5,40 +5,48 @@
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
 run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
 
-This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). The
-model is loaded once at import and only read afterwards; everything a user computes lives in that
-browser session's `gr.State`. One model call per Run (and per sweep); stepping, inspecting, comparing and
-exporting afterwards are CPU-only redraws of stored results.
+This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). What a
+client sends is checked by `app_inputs` (values) and `app_guard` (requests); files are written by `app_files`
+into the private folders of `app_folders`. The model is loaded once at import and only read afterwards;
+everything a user computes lives in that browser session's `gr.State`. One model call per Run (and per sweep);
+stepping, inspecting, comparing and exporting afterwards are CPU-only redraws of stored results.
 """
 
 from __future__ import annotations
 
+from app_folders import private_folders
+
+DOWNLOADS = private_folders()  # first: Gradio (which `spaces` imports) reads its folder's location at import
+
 # Hugging Face ZeroGPU: one GPU lease per `@spaces.GPU` call. It must be imported before torch; outside
 # ZeroGPU `spaces.GPU` returns the function unchanged.
-import spaces
+import spaces  # noqa: E402
 
 import argparse
-import contextlib
 import functools
 import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-from gradio import component_meta
 from PIL import Image
+from starlette.middleware import Middleware
 
 import app_views as views
 import zerogpu
-from gprune import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model
-from gprune.images import UNDECODABLE, fit_image, load_image
+from app_files import SessionFiles, write_gradio_cache_atomically
+from app_guard import GuardedBlocks, RequestGuard
+from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, pixel_coordinates,
+                        read_question)
+from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model,
+                    token_layout)
+from gprune.images import fit_image, load_image
 
 
 def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
@@ -55,9 +63,9 @@ def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
     return value
 
 
-MAX_QUESTION_CHARS = 500
-MAX_UPLOAD_SIZE = "20mb"
-MAX_PIXELS = 40_000_000  # checked from the header, before any decoding
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # checked from the header, before any decoding ...
+MAX_DECODED_BYTES = 120_000_000  # ... as is the memory the decoded pixels take (30 megapixels of colour)
 MODEL_MAX_SIDE = 1344  # larger uploads are downscaled before the model (LLaVA-NeXT's largest tile canvas is 1008)
 try:
     # A session's results are dropped this long after the Run (or sweep) that stored them ...
@@ -68,7 +76,7 @@ except ValueError as error:
     sys.exit(f"error: {error}")
 REMEMBERED_SESSIONS = 10_000  # ids (only) of sessions that ran, to tell "expired" from "never ran"
 ASSETS = Path(__file__).resolve().parent / "assets"
-EXPORT_DIR = Path(tempfile.gettempdir()) / "gprune-explorer"
+EXPORT_NAME = "gprune-export.zip"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
 MAX_UI_ITERATIONS = 20
@@ -131,94 +139,23 @@ def run_sweep(image, question: str, answer_token_ids: list[int], keep_ratios: li
 # ----------------------------------------------------------------------------------------- input checks
 
 
-@contextlib.contextmanager
-def no_stub_files():
-    """Gradio writes a `.pyi` stub next to the source of every Component subclass; don't litter the app folder."""
-    original = getattr(component_meta, "create_or_modify_pyi", None)
-    if original is not None:
-        component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        if original is not None:
-            component_meta.create_or_modify_pyi = original
-
-
-with no_stub_files():
-
-    class ImageUpload(gr.Image):
-        """`gr.Image` (same front end) whose uploads are decoded by `gprune.images.load_image`, not by Gradio.
-
-        Gradio's own preprocessing opens the file with PIL and turns a corrupt upload into an unexplained
-        server error; here the uploaded file's path (already checked to be in Gradio's upload folder) is
-        passed on as is, and `read_image` says exactly what is wrong with it. A subclass (not a patched
-        instance) so that Gradio's per-session copies of the component, e.g. after an example click, keep it.
-        """
-
-        is_template = True  # same Svelte component as gr.Image
-
-        def preprocess(self, payload):
-            if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-                return payload.path
-            try:
-                return super().preprocess(payload)
-            except gr.Error:
-                raise
-            except Exception:  # anything PIL raises on a bad data: URL
-                raise gr.Error(f"That upload cannot be used: the data {UNDECODABLE}.") from None
-
-    class Setting(gr.Slider):
-        """`gr.Slider` that names itself when an API call sends a value it cannot take.
-
-        Gradio's own check says "Value 0 is less than minimum value 0.01" without saying which setting, lets
-        NaN through, and fails with an unexplained server error on a missing value or a string.
-        """
-
-        is_template = True  # same Svelte component as gr.Slider
-
-        def preprocess(self, payload):
-            number = payload if isinstance(payload, (int, float)) and not isinstance(payload, bool) else None
-            whole = all(float(v).is_integer() for v in (self.minimum, self.step))
-            if (number is None or not math.isfinite(number) or not self.minimum <= number <= self.maximum
-                    or (whole and not float(number).is_integer())):
-                raise gr.Error(f"{self.label} must be a {'whole ' if whole else ''}number from {self.minimum:g} to "
-                               f"{self.maximum:g}; got {payload!r}.")
-            return super().preprocess(payload)
-
-    class MethodChoice(gr.CheckboxGroup):
-        """`gr.CheckboxGroup` of method names that accepts one name as a string and names unknown methods."""
-
-        is_template = True  # same Svelte component as gr.CheckboxGroup
-
-        def preprocess(self, payload):
-            if isinstance(payload, str):
-                payload = [payload]
-            if not isinstance(payload, list) or not all(isinstance(m, str) for m in payload):
-                raise gr.Error(f"methods must be a list of method names from {', '.join(METHODS)}; got {payload!r}.")
-            unknown = [m for m in payload if m not in METHODS]
-            if unknown:
-                raise gr.Error(f"Unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-                               f"methods must be a non-empty subset of {', '.join(METHODS)}.")
-            return super().preprocess(payload)
-
-
-def read_image(path) -> Image.Image:
-    if not path:
+def read_image(upload: bytes | None) -> Image.Image:
+    """The uploaded image as the model will see it: decoded, checked, downscaled to `MODEL_MAX_SIDE`."""
+    if upload is None:
         raise gr.Error("Upload an image (or click one of the examples) first.")
     try:
-        image = load_image(path, max_pixels=MAX_PIXELS)
+        image = load_image(upload, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
     except ValueError as error:
-        raise gr.Error(f"That upload cannot be used: {error}.") from None
-    return fit_image(image, MODEL_MAX_SIDE)
-
-
-def read_question(question) -> str:
-    if not isinstance(question, str) or not question.strip():
-        raise gr.Error("Type a question about the image, e.g. “What is in the image?”.")
-    question = question.strip()
-    if len(question) > MAX_QUESTION_CHARS:
-        raise gr.Error(f"The question is {len(question)} characters long; shorten it to at most {MAX_QUESTION_CHARS}.")
-    return question
+        raise gr.Error(f"{UNUSABLE}{error}.") from None
+    fitted = fit_image(image, MODEL_MAX_SIDE)
+    # Checked here, before the model, to quote the size of the upload rather than of its downscaled copy.
+    vision = LOADED.model.config.vision_config
+    grid = token_layout((fitted.height, fitted.width), LOADED.model.config.image_grid_pinpoints, vision.image_size,
+                        vision.patch_size)
+    if grid.rows == 0 or grid.cols == 0:
+        raise gr.Error(f"{UNUSABLE}a {image.width}×{image.height} image is too thin: its high-resolution grid has no "
+                       "cells; crop or pad it to an aspect ratio of at most about 1:100.")
+    return fitted
 
 
 def _whole(value):
@@ -289,19 +226,11 @@ def shown(function):
     return wrapped
 
 
-def temp_file(suffix: str, data: bytes) -> str:
-    """Write `data` under the app's temp folder (served via gradio's cache); files older than an hour are removed."""
-    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - 3600
-    for old in EXPORT_DIR.iterdir():
-        try:
-            if old.stat().st_mtime < cutoff:
-                old.unlink()
-        except OSError:
-            pass
-    path = EXPORT_DIR / f"gprune-{uuid.uuid4().hex[:12]}{suffix}"
-    path.write_bytes(data)
-    return str(path)
+@dataclass
+class StoredSession(views.Session):
+    """What a session's `gr.State` holds: its results, and its downloads on disk, which go with them."""
+
+    files: SessionFiles = field(default_factory=lambda: SessionFiles(DOWNLOADS))
 
 
 # ------------------------------------------------------------------------------------------- handlers
@@ -322,7 +251,7 @@ def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.
         raise
     except ValueError as error:
         raise gr.Error(str(error)) from None
-    session = views.new_session(analysis)
+    session = StoredSession(**vars(views.new_session(analysis)))
     remember_run(request)
     heatmap, mask = (None, None)
     if "gprune" in analysis.results:
@@ -406,12 +335,7 @@ def difference(session, method_a="gprune", method_b="fastv", view="grid", reques
 def inspect(session, view="grid", x=0.0, y=0.0, request: gr.Request = None):
     """The token under pixel (x, y) of the analysed image: score trace, strongest neighbours, who kept it."""
     session = need_session(session, request)
-    try:
-        x, y = float(x), float(y)
-    except (TypeError, ValueError):
-        x = y = math.nan
-    if not (math.isfinite(x) and math.isfinite(y)):
-        raise gr.Error("Give the pixel coordinates x and y of the token to inspect as numbers (or click the picture).")
+    x, y = pixel_coordinates(x, y)
     found = views.inspect_token(session, view, x, y)
     return found.highlight, found.trace, found.markdown
 
@@ -427,14 +351,17 @@ def inspect_click(session, view, evt: gr.SelectData, request: gr.Request = None)
 
 @shown
 def iterations_gif(session, view="grid", request: gr.Request = None):
-    """Animated GIF of G-Prune's heatmap and kept mask over the iterations."""
-    return temp_file(".gif", views.iterations_gif(need_session(session, request), view))
+    """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and view)."""
+    session, view = need_session(session, request), views.check_view(view)
+    return session.files.built(f"gprune-iterations-{view}.gif", lambda: views.iterations_gif(session, view))
 
 
 @shown
 def export(session, request: gr.Request = None):
-    """ZIP with every figure, the scores and kept indices, the answers and the exact configuration."""
-    return temp_file(".zip", views.export_zip(need_session(session, request)))
+    """ZIP with every figure, the scores and kept indices, the answers and the exact configuration (made once per
+    run; a sweep adds to it)."""
+    session = need_session(session, request)
+    return session.files.built(EXPORT_NAME, lambda: views.export_zip(session))
 
 
 def parse_ratios(text) -> list[float]:
@@ -463,6 +390,7 @@ def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIO
     except ValueError as error:
         raise gr.Error(str(error)) from None
     session.stability = {"keep_ratios": ratios, "curves": curves}
+    session.files.discard(EXPORT_NAME)  # the next export includes the sweep
     return session, views.stability_picture(session.stability, analysis.reference.answer), session.stability
 
 
@@ -570,7 +498,7 @@ CSS = """
 
 def build_demo() -> gr.Blocks:
     method_choices = [(METHOD_LABELS[m], m) for m in METHODS]
-    with gr.Blocks(title="G-Prune Explorer", delete_cache=(3600, 3600)) as demo:
+    with GuardedBlocks(title="G-Prune Explorer", delete_cache=(3600, 3600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         gr.Markdown(INTRO)
         if LOADED.random_weights:
@@ -701,9 +629,11 @@ def server_port() -> int | None:
     return int(value) if value else None
 
 
+write_gradio_cache_atomically()
 demo = build_demo()
 demo.queue(default_concurrency_limit=STEP_CONCURRENCY)
 
 if __name__ == "__main__":
-    demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_SIZE, state_session_capacity=MAX_SESSIONS, css=CSS,
-                footer_links=["api", "gradio"])
+    demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS, css=CSS,
+                footer_links=["api", "gradio"],
+                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES)]})

@@ -12,7 +12,7 @@ from PIL import Image
 QUESTION = "What is in the image?"
 # Quick settings for cases where they don't matter: one method, 3 iterations, 2 new tokens.
 QUICK = dict(keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=3, fastv_layer=1, methods=["gprune"],
-             max_new_tokens=2, view="grid")
+             max_new_tokens=2, view="grid", system_prompt="template")
 
 
 def encoded(image: Image.Image, fmt: str, **params) -> bytes:
@@ -30,16 +30,26 @@ def analyze(client: Client, image, question=QUESTION, **settings):
     return client.predict(upload, question, api_name="/analyze", **{**QUICK, **settings})
 
 
-def raw_call(url: str, api_name: str, data: list) -> tuple[str, dict | list | None]:
-    """POST `data` as written (NaN and Infinity allowed, which gradio_client refuses to send); the last SSE event."""
-    base = url.rstrip("/") + "/gradio_api"
-    body = json.dumps({"data": data}, allow_nan=True)
-    response = httpx.post(f"{base}/call/{api_name}", content=body, headers={"content-type": "application/json"}, timeout=30)
-    response.raise_for_status()
-    stream = httpx.get(f"{base}/call/{api_name}/{response.json()['event_id']}", timeout=120).text
+def raw_post(url: str, api_name: str, data: list, session_hash: str | None = None) -> httpx.Response:
+    """POST `data` as written (NaN and Infinity allowed, which gradio_client refuses to send) to the raw API."""
+    body = json.dumps({"data": data, **({"session_hash": session_hash} if session_hash else {})}, allow_nan=True)
+    return httpx.post(f"{url.rstrip('/')}/gradio_api/call/{api_name}", content=body,
+                      headers={"content-type": "application/json"}, timeout=30)
+
+
+def raw_result(url: str, api_name: str, event_id: str) -> tuple[str, dict | list | None]:
+    """The last SSE event (name, data) of a raw API call."""
+    stream = httpx.get(f"{url.rstrip('/')}/gradio_api/call/{api_name}/{event_id}", timeout=120).text
     events = [line[len("event: "):] for line in stream.splitlines() if line.startswith("event: ")]
     payloads = [line[len("data: "):] for line in stream.splitlines() if line.startswith("data: ")]
     return events[-1], json.loads(payloads[-1])
+
+
+def raw_call(url: str, api_name: str, data: list, session_hash: str | None = None) -> tuple[str, dict | list | None]:
+    """`raw_post` then `raw_result`."""
+    response = raw_post(url, api_name, data, session_hash)
+    response.raise_for_status()
+    return raw_result(url, api_name, response.json()["event_id"])
 
 
 def raw_upload(url: str, path: Path) -> dict:

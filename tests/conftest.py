@@ -75,7 +75,8 @@ def running_app(folder, env=None):
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("GRADIO_SERVER_NAME", "GPRUNE_SESSION_TTL_S", "GPRUNE_MAX_SESSIONS")}
     full_env.update(GRADIO_SERVER_PORT=str(port), GPRUNE_MODEL="tiny", GRADIO_ANALYTICS_ENABLED="False",
-                    GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder), PYTHONUNBUFFERED="1", **(env or {}))
+                    GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder), PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
     log_path = folder / "server.log"
     log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -123,11 +124,26 @@ SHORT_TTL_S = 6
 SHORT_MAX_SESSIONS = 2
 
 
+# Names a local attacker could plant in the shared temp folder before the app starts: the app's old fixed
+# folder and Gradio's default one, both as symlinks to a folder of the attacker's holding a file.
+PLANTED = ("gprune-explorer", "gradio")
+PLANTED_TARGET, PLANTED_FILE = "attacker", "keep.txt"
+
+
 @pytest.fixture(scope="session")
 def limits_app(tmp_path_factory):
-    """A second app with short session limits (TTL 6 s, 2 sessions) and a canary `HF_TOKEN` in its environment."""
-    env = dict(GPRUNE_SESSION_TTL_S=str(SHORT_TTL_S), GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY)
-    with running_app(tmp_path_factory.mktemp("limits_app"), env) as app:
+    """A second app with short session limits (TTL 6 s, 2 sessions), a canary `HF_TOKEN` in its environment, no
+    GRADIO_TEMP_DIR, and `PLANTED` symlinks in its TMPDIR (`AppProcess.log_path.parent`)."""
+    folder = tmp_path_factory.mktemp("limits_app")
+    target = folder / PLANTED_TARGET
+    target.mkdir()
+    (target / PLANTED_FILE).write_text("the attacker's file")
+    os.utime(target / PLANTED_FILE, (0, 0))  # older than any clean-up age
+    for name in PLANTED:
+        (folder / name).symlink_to(target, target_is_directory=True)
+    env = dict(GPRUNE_SESSION_TTL_S=str(SHORT_TTL_S), GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY,
+               GRADIO_TEMP_DIR="")
+    with running_app(folder, env) as app:
         yield app
 
 

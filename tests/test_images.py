@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gprune.images import fit_image, load_image
+import gprune.images
+from gprune.images import decoded_bytes, fit_image, load_image
 
 
 def _encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -130,7 +131,49 @@ def test_exif_orientation_is_respected():
     assert pixels[2, 17] < 60 and pixels[2, 2] > 200  # the top-left corner moved to the top-right
 
 
+def test_exif_orientation_is_read_from_the_tag_alone():
+    """An ASCII-typed XResolution made `ImageOps.exif_transpose` raise TypeError while rewriting the EXIF block."""
+    ifd = (struct.pack("<H", 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+           + struct.pack("<HHI", 0x011A, 2, 4) + b"abc\0" + struct.pack("<I", 0))
+    data = _encode(_noise(40, 20), "JPEG", exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd)
+    assert Image.open(io.BytesIO(data)).getexif()[0x011A] == "abc"
+    assert load_image(data).size == (20, 40)
+
+
+def test_float_images_are_stretched_a_strip_at_a_time(monkeypatch):
+    values = np.linspace(-3.0, 5.0, 7 * 9, dtype=np.float32).reshape(9, 7)
+    values[4, 4] = np.nan  # counted as 0, as before
+    monkeypatch.setattr(gprune.images, "STRIP_PIXELS", 14)  # two rows per strip: five strips
+    out = _rgb(load_image(Image.fromarray(values, "F")))[..., 0]
+    expected = np.round((np.nan_to_num(values).astype(np.float64) + 3.0) * (255.0 / 8.0))
+    assert np.array_equal(out, expected)
+
+
 # --- rejected inputs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "SGI", "PPM", "ICO", "EPS"])
+def test_only_the_documented_formats_are_opened(fmt):
+    data = _encode(_noise(), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow alone would open it
+    with pytest.raises(ValueError, match="could not be decoded as an image; upload a PNG, JPEG, WebP, GIF, BMP or TIFF"):
+        load_image(data)
+
+
+def test_any_decoder_failure_is_a_value_error():
+    """Pillow's decoders raise many exception types on malformed data (here IndexError from QOI)."""
+    cut = Image.open(io.BytesIO(_encode(_noise(32, 32), "QOI")[:22]))  # a PIL image opened by the caller ...
+    with pytest.raises(ValueError, match="truncated or corrupt .*index out of range"):
+        load_image(cut)  # ... decoded here
+
+
+def test_decoded_bytes_are_checked_from_the_header():
+    assert [decoded_bytes(mode, (10, 10)) for mode in ("1", "L", "P", "I;16", "I", "F", "LA", "RGB", "RGBA")] == [
+        100, 100, 100, 200, 400, 400, 400, 400, 400]
+    with pytest.raises(ValueError, match="a 100×100 RGB image takes 0 MB decoded, more than the limit of 0 MB"):
+        load_image(_png_claiming(100, 100), max_bytes=39_999)  # the header alone: its data is a 4×4 image's
+    assert load_image(_noise(100, 100), max_bytes=40_000).size == (100, 100)
+
 
 
 @pytest.mark.parametrize(
@@ -191,9 +234,11 @@ def test_small_max_pixels():
 
 
 @pytest.mark.parametrize("bad", [0, 3, -5, 2.5, True, None])
-def test_bad_max_pixels(bad):
+def test_bad_limits(bad):
     with pytest.raises(ValueError, match="max_pixels must be"):
         load_image(_noise(), max_pixels=bad)
+    with pytest.raises(ValueError, match="max_bytes must be"):
+        load_image(_noise(), max_bytes=bad)
 
 
 def test_unsupported_source_type():

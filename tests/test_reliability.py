@@ -24,6 +24,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 import pytest
@@ -40,6 +41,7 @@ SOAK_RUNS, SOAK_WARMUP = 50, 5
 # Measured growth over the 50 runs: -24 to +3 MB (allocator noise). One retained analysis of the 64×48 image
 # costs ~1.2 MB, so keeping every run's results (a leak) would add ~60 MB: 50 MB catches that with margin.
 SOAK_RSS_BOUND_MB = 50
+SIXTEEN_BIT_PEAK_BOUND_MB = 450  # measured 290–330 MB; before the fix ~0.9 GB
 
 
 # ----------------------------------------------------------------------------------------- input makers
@@ -67,6 +69,29 @@ def exif_rotated_jpeg() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return encoded(noise(64, 48), "JPEG", exif=exif.tobytes(), quality=90)
+
+
+def exif_rotated_jpeg_with_ascii_resolution() -> bytes:
+    """Like `exif_rotated_jpeg`, plus an XResolution tag typed ASCII ("abc") instead of RATIONAL.
+
+    Pillow reads it; `ImageOps.exif_transpose` raised TypeError rewriting the EXIF block (an unexplained error).
+    """
+    ifd = (struct.pack("<H", 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)  # Orientation: SHORT 6
+           + struct.pack("<HHI", 0x011A, 2, 4) + b"abc\0" + struct.pack("<I", 0))  # XResolution: ASCII "abc"
+    exif = b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd
+    return encoded(noise(64, 48), "JPEG", exif=exif, quality=90)
+
+
+def psd(width: int, height: int) -> bytes:
+    """A minimal valid Photoshop file (Pillow reads PSD but cannot write it): raw 8-bit RGB channels."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3) + struct.pack(">III", 0, 0, 0)
+    return header + struct.pack(">H", 0) + bytes(3 * width * height)
+
+
+def sixteen_bit_png_6300() -> bytes:
+    """A 6300 × 6300 16-bit grey PNG (39.7 megapixels, under the 40 M cap) of a few tens of kB."""
+    rows = np.repeat((np.arange(6300, dtype=np.uint32) * 10).astype(np.uint16)[:, None], 6300, axis=1)
+    return encoded(Image.fromarray(rows), "PNG")
 
 
 def animated_gif() -> bytes:
@@ -134,6 +159,11 @@ REJECTED_UPLOADS = [
     ("Nx1", "row.png", lambda: encoded(Image.new("RGB", (300, 1)), "PNG"), UNUSABLE + "image is 300×1 pixels: degenerate"),
     ("too-thin-400x2", "sliver.png", lambda: encoded(Image.new("RGB", (400, 2)), "PNG"),
      "400×2 image is too thin: its high-resolution grid has no cells"),
+    # Downscaled to 1344×1 for the model: the message quotes the upload's size, not that one.
+    ("too-thin-20000x15", "ribbon.png", lambda: encoded(Image.new("RGB", (20_000, 15)), "PNG"),
+     UNUSABLE + "a 20000×15 image is too thin: its high-resolution grid has no cells"),
+    ("header-6000x6000-decoded-bytes", "wide.png", lambda: png_claiming(6000, 6000),
+     UNUSABLE + "a 6000×6000 RGB image takes 144 MB decoded, more than the limit of 120 MB; downscale it first"),
 ]
 
 
@@ -147,10 +177,145 @@ def test_rejected_upload(client, small_png, tmp_path, name, make, message):
     assert_serving(client, small_png)
 
 
+def saved(fmt: str, mode: str = "RGB", **params) -> bytes:
+    return encoded(noise(32, 32).convert(mode), fmt, **params)
+
+
+def flipped(data: bytes, index: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ 0xFF]) + data[index + 1:]
+
+
+def broken_dds() -> bytes:
+    """A DDS whose pixel format is a FourCC no decoder knows ("XXXX")."""
+    data = bytearray(saved("DDS"))
+    data[80:88] = struct.pack("<I", 4) + b"XXXX"  # pixel format flags: FOURCC; the FourCC
+    return bytes(data)
+
+
+# Formats Pillow opens but the app does not (each a parser exposed to the network; EPS runs Ghostscript when it
+# is installed), valid files each; then broken files of formats whose parsers failed with unexplained errors.
+OTHER_FORMATS = {
+    "photo.psd": lambda: psd(32, 32), "photo.tga": lambda: saved("TGA"), "photo.pcx": lambda: saved("PCX"),
+    "photo.qoi": lambda: saved("QOI"), "photo.dds": lambda: saved("DDS"), "photo.sgi": lambda: saved("SGI"),
+    "photo.jp2": lambda: saved("JPEG2000"), "photo.ico": lambda: saved("ICO"), "photo.eps": lambda: saved("EPS"),
+    "photo.ppm": lambda: saved("PPM"), "photo.im": lambda: saved("IM"), "photo.xbm": lambda: saved("XBM", "1"),
+    "photo.msp": lambda: saved("MSP", "1"), "photo.avif": lambda: saved("AVIF"), "photo.blp": lambda: saved("BLP", "P"),
+    "photo.spider": lambda: saved("SPIDER", "F"),
+    # Pillow raised NotImplementedError, IndexError and RuntimeError on these (each unexplained to the client).
+    "broken.dds": lambda: broken_dds(), "broken.qoi": lambda: saved("QOI")[:22],
+    "broken.avif": lambda: flipped(saved("AVIF"), 275),
+}
+
+
+def test_only_the_documented_formats_are_opened(client, small_png, tmp_path):
+    for name, make in OTHER_FORMATS.items():
+        path = tmp_path / name
+        path.write_bytes(make())
+        if name.startswith("photo"):
+            with Image.open(path) as image:  # Pillow recognises the file as that format
+                assert image.format.lower().startswith(path.suffix[1:4]) or image.format == "JPEG2000"
+        with pytest.raises(AppError, match=UNDECODABLE):
+            analyze(client, path)
+    assert_serving(client, small_png)
+
+
+def test_sixteen_bit_image_is_decoded_in_bounded_memory(app_process, small_png, tmp_path):
+    """A 16-bit 6300² PNG of a few tens of kB (39.7 megapixels) decodes to 79 MB. Its conversion to 8 bits went
+    through float64 copies of the whole image (~0.9 GB at the peak); it now works a strip at a time.
+
+    Peak = the server's VmHWM (reset just before) minus its RSS then. Measured: 290–330 MB, of which the 8-bit
+    RGB copy the model needs is 159 MB and the decoded 16-bit data 79 MB.
+    """
+    path = tmp_path / "deep.png"
+    path.write_bytes(sixteen_bit_png_6300())
+    with Image.open(path) as sent:
+        assert sent.mode == "I;16" and sent.size == (6300, 6300)
+    client = Client(app_process.url, verbose=False)
+    pid = app_process.process.pid
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # VmHWM := current RSS
+    before = psutil.Process(pid).memory_info().rss
+    summary = analyze(client, path)[4]
+    peak = peak_rss(pid) - before
+    print(f"\n16-bit 6300² PNG ({path.stat().st_size / 1e3:.0f} kB): server peak {peak / 2**20:.0f} MB above its RSS")
+    assert summary["image_size"] == [1344, 1344]
+    assert peak < SIXTEEN_BIT_PEAK_BOUND_MB * 2**20
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) * 1024
+
+
+def test_huge_integers_are_refused_by_name(client, small_png):
+    """JSON integers have no size limit; 10⁴⁰⁰ made the sliders' float conversion overflow (unexplained)."""
+    for setting, label in (("keep_ratio", "Keep ratio ρ"), ("threshold", "G-Prune threshold s"),
+                           ("temperature", "G-Prune temperature τ"), ("iterations", "G-Prune iterations I"),
+                           ("fastv_layer", "FastV layer K"), ("max_new_tokens", "Max new tokens")):
+        with pytest.raises(AppError, match=f"{label} must be a .*; got 1000.* \\(401 characters\\)"):
+            analyze(client, small_png, **{setting: 10**400})
+    assert_serving(client, small_png)
+
+
+def test_calls_with_missing_inputs_name_them(app_server, client, small_png):
+    image = raw_upload(app_server, small_png)
+    event, data = raw_call(app_server, "analyze", [image, QUESTION, 0.5])
+    assert event == "error" and data["error"] == (
+        "/analyze takes 11 inputs (image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, "
+        "methods, max_new_tokens, view, system_prompt); got 3. Send all of them, in that order (gradio_client fills "
+        "in defaults).")
+    event, data = raw_call(app_server, "step", ["grid"])
+    assert event == "error" and data["error"].startswith("/step takes 2 inputs (view, iteration); got 1.")
+    assert_serving(client, small_png)
+
+
 def test_no_image(client, small_png):
     with pytest.raises(AppError, match="Upload an image"):
         analyze(client, None)
     assert_serving(client, small_png)
+
+
+# ------------------------------------------------------------------------------------- the server log
+
+
+def queue_call(url: str, body: dict) -> dict:
+    """Send one event as the browser does (/queue/join, then the session's /queue/data stream); its last message."""
+    base = url.rstrip("/") + "/gradio_api"
+    httpx.post(f"{base}/queue/join", json=body, timeout=30).raise_for_status()
+    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": body["session_hash"]}, timeout=60) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line[len("data:"):]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                return message
+
+
+def test_refused_inputs_log_one_line_and_failures_their_traceback(app_process, small_png):
+    """A refused input is the client's mistake: one line in the server log, not Gradio's 30-line traceback. An
+    unexpected failure is a bug: its traceback is logged under a reference the client gets (and nothing else)."""
+    client = Client(app_process.url, verbose=False)
+    start = len(app_process.log())
+    messages = []
+    for image, settings in ((None, {}), (small_png, dict(keep_ratio=5)), (small_png, dict(view="side"))):
+        with pytest.raises(AppError) as refused:
+            analyze(client, image, **settings)
+        messages.append(str(refused.value))
+    event, data = raw_call(app_process.url, "analyze", [raw_upload(app_process.url, small_png), QUESTION])
+    messages.append(data["error"])
+    logged = app_process.log()[start:]
+    assert "Traceback" not in logged
+    assert messages[0] == "Upload an image (or click one of the examples) first."
+    for message in messages:
+        assert [line for line in logged.splitlines() if message in line] == [f"gprune.app: refused /analyze: {message!r}"]
+    # A select event whose event data is not what the browser sends fails inside Gradio (a TypeError).
+    config = httpx.get(app_process.url.rstrip("/") + "/config", timeout=30).json()
+    select = next(d for d in config["dependencies"] if d["targets"][0][1] == "select")
+    failed = queue_call(app_process.url, {"data": [None, "grid"], "event_data": "not an event", "fn_index": select["id"],
+                                          "trigger_id": select["targets"][0][0], "session_hash": f"select-{os.getpid()}"})
+    error = failed["output"]["error"]
+    reference = re.fullmatch(r"The server failed on this request \(error ([0-9a-f]{8}), logged with its details\)\. "
+                             r"Check the inputs and try again\.", error)[1]
+    logged = app_process.log()[start:]
+    assert re.search(f"gprune.app: error {reference} in /inspect_click\nTraceback .*\nTypeError: ", logged, re.DOTALL)
 
 
 # ---------------------------------------------------------------------------- valid but unusual uploads
@@ -166,6 +331,7 @@ ACCEPTED_UPLOADS = [
     ("palette-transparency", "palette.png", palette_png, "P", [64, 48]),
     ("animated-gif", "animated.gif", animated_gif, "P", [64, 48]),
     ("exif-rotated", "rotated.jpg", exif_rotated_jpeg, "RGB", [48, 64]),  # orientation respected: sides swapped
+    ("exif-rotated-ascii-xresolution", "odd-exif.jpg", exif_rotated_jpeg_with_ascii_resolution, "RGB", [48, 64]),
     ("2x2", "tiny.png", lambda: encoded(Image.new("RGB", (2, 2), (9, 99, 199)), "PNG"), "RGB", [2, 2]),
     ("webp", "photo.webp", lambda: encoded(noise(), "WEBP"), "RGB", [64, 48]),
     ("bmp", "photo.bmp", lambda: encoded(noise(), "BMP"), "RGB", [64, 48]),
@@ -183,7 +349,7 @@ def test_unusual_but_valid_upload_works(client, tmp_path, name, make, mode, size
         assert sent.size == (64, 48) or name == "tiny.png"
         if name == "animated.gif":
             assert sent.n_frames == 3
-        if name == "rotated.jpg":
+        if name in ("rotated.jpg", "odd-exif.jpg"):
             assert sent.getexif()[0x0112] == 6
     summary = analyze(client, path)[4]
     assert summary["image_size"] == size
@@ -206,6 +372,15 @@ REJECTED_QUESTIONS = [
 def test_rejected_question(client, small_png, question, message):
     with pytest.raises(AppError, match=message):
         analyze(client, small_png, question=question)
+    assert_serving(client, small_png)
+
+
+def test_lone_surrogate_in_the_question_sent_as_raw_json(app_server, client, small_png):
+    """JSON can carry "\\ud800", which is no character (gradio_client cannot even send it); the tokenizer failed."""
+    image = raw_upload(app_server, small_png)
+    event, data = raw_call(app_server, "analyze", [image, "What \ud800 is this?", *QUICK.values()])
+    assert event == "error" and data["error"] == ("The question has an invalid character at position 6 (an unpaired "
+                                                  "surrogate, which is not text); retype it.")
     assert_serving(client, small_png)
 
 
@@ -294,9 +469,11 @@ AFTER_RUN = [
     ("step-negative", "/step", ("grid", -1), "Iteration t must be a whole number from 0 to 20; got -1"),
     ("step-fraction", "/step", ("grid", 1.5), "Iteration t must be a whole number from 0 to 20; got 1.5"),
     ("step-missing", "/step", ("grid", None), "Iteration t must be a whole number from 0 to 20; got None"),
+    ("step-10^400", "/step", ("grid", 10**400), r"Iteration t must be a whole number from 0 to 20; got 1000.* \(401 "),
     ("inspect-negative", "/inspect", ("grid", -1, 5), r"pixel \(-1, 5\) lies outside the 64×48 image"),
     ("inspect-far-outside", "/inspect", ("grid", 1e9, 1e9), r"pixel \(1e\+09, 1e\+09\) lies outside the 64×48 image"),
     ("inspect-missing", "/inspect", ("grid", None, 3), "Give the pixel coordinates x and y"),
+    ("inspect-10^400", "/inspect", ("grid", 10**400, 3), r"Give the pixel coordinates x and y .*got x=1000.* \(401 "),
     ("difference-unknown-b", "/difference", ("gprune", "bogus", "grid"), r"Value: bogus is not in the list of choices: \["),
     ("difference-unknown-a", "/difference", ("bogus", "unpruned", "grid"), r"Value: bogus is not in the list of choices: \["),
     ("difference-not-run", "/difference", ("gprune", "fastv", "grid"),

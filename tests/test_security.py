@@ -4,19 +4,28 @@ Upload size cap, no server file reachable through the file routes or as an "uplo
 no endpoint that takes a model id, and no secret from the environment in the server's output.
 """
 
+import base64
 import http.client
-import json
+import io
+import os
 import re
+import socket
+import stat
+import threading
+import time
+import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
+from PIL import Image
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from conftest import SECRET_CANARY
-from api_helpers import QUESTION, analyze, encoded, noise, raw_call, raw_upload
+from conftest import PLANTED, PLANTED_FILE, PLANTED_TARGET, SECRET_CANARY
+from api_helpers import QUESTION, analyze, encoded, noise, raw_call, raw_post, raw_result, raw_upload
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_BYTES = 20 * 1024 * 1024  # app.MAX_UPLOAD_SIZE = "20mb"
@@ -111,17 +120,53 @@ def test_the_apps_own_outputs_are_served(app_server, small_png):
     assert response.status_code == 200 and response.content[:3] == b"\xff\xd8\xff"  # the JPEG heatmap
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", str(ROOT / "assets" / "astronaut.jpg"), str(ROOT / "app.py"),
-                                  "../../etc/passwd", "https://example.com/picture.png"])
-def test_a_server_path_is_not_accepted_as_an_upload(app_server, small_png, path):
-    """The image input takes only files uploaded through the app, not a path on the server."""
-    image = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "picture.png"}
-    event, data = raw_call(app_server, "analyze", [image, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template"])
-    assert event == "error"
-    assert "root:" not in json.dumps(data) and "image_size" not in json.dumps(data)
-    uploaded = raw_upload(app_server, small_png)  # an actual upload, sent the same way, works
-    event, data = raw_call(app_server, "analyze", [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template"])
+NOT_AN_UPLOAD = ("That upload cannot be used: only files uploaded to this app (or its examples) can be analysed; "
+                 "upload the image file through the app and send the path the upload returns.")
+SERVER_PATHS = [  # existing and missing files, images and not, relative, a folder, a NUL byte, URLs
+    "/etc/passwd", "/etc/no-such-file.png", str(ROOT / "assets" / "astronaut.jpg"), str(ROOT / "app.py"),
+    "../../etc/passwd", "assets/astronaut.jpg", str(ROOT / "assets"), "/proc/self/environ", "/etc/passwd\x00.png",
+    "https://example.com/picture.png", "file:///etc/passwd",
+]
+QUICK_ARGS = [QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template"]
+
+
+@pytest.mark.parametrize("meta", [True, False], ids=["with-meta", "without-meta"])
+def test_only_uploads_are_opened(app_process, small_png, tmp_path, meta):
+    """A path that Gradio did not receive as an upload gets one message whatever it names (no existence oracle).
+
+    With `meta` Gradio checks the path first; without it the payload reached the app unchecked and a server image
+    was analysed (and returned by /export). A symlink planted in the upload folder is resolved, so it does not
+    help either.
+    """
+    planted = app_process.log_path.parent / "gradio" / f"planted-{meta}.jpg"
+    planted.symlink_to(ROOT / "assets" / "astronaut.jpg")
+    replies = set()
+    for path in [*SERVER_PATHS, str(planted)]:
+        image = {"path": path, "orig_name": "picture.png", **({"meta": {"_type": "gradio.FileData"}} if meta else {})}
+        event, data = raw_call(app_process.url, "analyze", [image, *QUICK_ARGS])
+        assert event == "error", path
+        replies.add(data["error"])
+    assert replies == {NOT_AN_UPLOAD}
+    event, data = raw_call(app_process.url, "analyze", [{"url": "https://example.com/picture.png"}, *QUICK_ARGS])
+    assert (event, data["error"]) == ("error", NOT_AN_UPLOAD)
+    uploaded = raw_upload(app_process.url, small_png)  # an actual upload, sent the same way, works
+    event, data = raw_call(app_process.url, "analyze", [uploaded, *QUICK_ARGS])
     assert event == "complete" and data[-1]["image_size"] == [64, 48]
+    # So does an example, as the browser sends it after a click (Gradio cached the app's assets at start-up).
+    config = httpx.get(app_process.url.rstrip("/") + "/config", timeout=30).json()
+    example = next(c for c in config["components"] if c["type"] == "dataset")["props"]["samples"][0][0]
+    event, data = raw_call(app_process.url, "analyze", [example, *QUICK_ARGS])
+    assert event == "complete" and data[-1]["question"] == QUESTION
+
+
+def test_a_data_url_image_is_decoded_by_the_app(app_server, small_png):
+    url = "data:image/png;base64," + base64.b64encode(small_png.read_bytes()).decode()
+    event, data = raw_call(app_server, "analyze", [{"url": url}, *QUICK_ARGS])
+    assert event == "complete" and data[-1]["image_size"] == [64, 48]
+    event, data = raw_call(app_server, "analyze", [{"url": "data:image/png;base64,@@not base64@@"}, *QUICK_ARGS])
+    assert event == "error" and data["error"].startswith("That upload cannot be used: the data URL is not valid base64")
+    event, data = raw_call(app_server, "analyze", [{"path": 5}, *QUICK_ARGS])  # not even a path
+    assert (event, data["error"]) == ("error", "An input is malformed (path: Input should be a valid string).")
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -184,3 +229,202 @@ def test_no_secret_reaches_the_output_or_the_pages(limits_app, small_png):
     log = limits_app.log()
     assert "Running on local URL" in log  # the output is captured (PYTHONUNBUFFERED=1)
     assert SECRET_CANARY not in log
+
+
+# ----------------------------------------------------------------------------- client-chosen sizes
+
+BAD_SESSION_ID = "session_hash must be 1 to 64 letters, digits, '-' or '_'"
+TOO_LARGE = "Request body too large: at most 1,048,576 bytes"
+# Measured: 100 calls with a 900 kB session id grow the server by 0–3 MB now (each is refused before Gradio
+# keeps it); before, Gradio kept every one (~400 MB for 100 calls with 4 MB ids).
+SESSION_ID_RSS_BOUND_MB = 30
+
+
+def test_client_chosen_session_ids_and_bodies_are_bounded(app_process):
+    base = app_process.url.rstrip("/") + "/gradio_api"
+    server = psutil.Process(app_process.process.pid)
+    before = server.memory_info().rss / 2**20
+    for index in range(100):
+        response = httpx.post(f"{base}/call/step", json={"data": ["grid", 1], "session_hash": f"{index}" * 300_000},
+                              timeout=30)
+        assert response.status_code == 400 and response.json()["detail"].startswith(BAD_SESSION_ID)
+    growth = server.memory_info().rss / 2**20 - before
+    print(f"\n100 calls with a ~900 kB session id: server RSS {growth:+.1f} MB")
+    assert growth < SESSION_ID_RSS_BOUND_MB
+    refused = {
+        "4 MB id": httpx.post(f"{base}/call/step", json={"data": ["grid", 1], "session_hash": "x" * 4_000_000}),
+        "65 characters": httpx.post(f"{base}/call/step", json={"data": ["grid", 1], "session_hash": "x" * 65}),
+        "a slash": httpx.post(f"{base}/queue/join", json={"data": [], "fn_index": 0, "session_hash": "a/b"}),
+        "a number": httpx.post(f"{base}/queue/join", json={"data": [], "fn_index": 0, "session_hash": 7}),
+        "in the query": httpx.get(f"{base}/queue/data", params={"session_hash": "x" * 100}),
+        "in the heartbeat path": httpx.get(f"{base}/heartbeat/{'x' * 100}"),
+        "50 MB body": httpx.post(f"{base}/call/step", content=b" " * 50_000_000,
+                                 headers={"content-type": "application/json"}, timeout=60),
+        "2 MB body, no length": httpx.post(f"{base}/call/step", content=(b" " * 100_000 for _ in range(20)),
+                                           headers={"content-type": "application/json"}, timeout=60),
+        "nested JSON": httpx.post(f"{base}/call/step", content=b"[" * 100_000 + b"]" * 100_000,
+                                  headers={"content-type": "application/json"}),
+    }
+    for case, response in refused.items():
+        assert response.status_code in (400, 413), case
+        assert response.json()["detail"].startswith((BAD_SESSION_ID, TOO_LARGE, "The request's JSON is nested")), case
+    # The largest id accepted is 64 characters, and the session works as any other.
+    event, data = raw_call(app_process.url, "step", ["grid", 1], session_hash="a" * 64)
+    assert event == "error" and data["error"].startswith("Run an analysis first")
+
+
+def multipart(parts: int, size: int):
+    """A multipart upload body of `parts` files of `size` zero bytes, streamed (no Content-Length)."""
+    for index in range(parts):
+        yield (f'--cut\r\nContent-Disposition: form-data; name="files"; filename="f{index}.png"\r\n'
+               "Content-Type: image/png\r\n\r\n").encode()
+        for _ in range(size // 1_000_000):
+            yield bytes(1_000_000)
+        yield b"\r\n"
+    yield b"--cut--\r\n"
+
+
+def test_upload_requests_are_capped_and_cut_uploads_leave_no_file(app_process):
+    uploads = app_process.log_path.parent / "gradio"
+    files_before = {p for p in uploads.iterdir() if p.is_file()}
+    url = app_process.url.rstrip("/") + "/gradio_api/upload"
+    headers = {"content-type": "multipart/form-data; boundary=cut"}
+    # Two files of 15 MB: each under the 20 MB cap, together over it; with and without a Content-Length.
+    declared = httpx.post(url, content=b"".join(multipart(2, 15_000_000)), headers=headers, timeout=60)
+    assert declared.status_code == 413 and "at most 21,037,056 bytes" in declared.json()["detail"]
+    streamed = httpx.post(url, content=multipart(2, 15_000_000), headers=headers, timeout=60)
+    assert streamed.status_code == 413 and "maximum allowed size of 21037056 bytes" in streamed.text
+    # A client that disconnects halfway through its upload.
+    address = urlsplit(app_process.url)
+    with socket.create_connection((address.hostname, address.port)) as connection:
+        connection.sendall(b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                           b"boundary=cut\r\nContent-Length: 10000000\r\n\r\n" + next(multipart(1, 0)) + bytes(3_000_000))
+    # Gradio writes upload parts to temporary files there; none may be left behind (the last request may still be
+    # unwinding for a moment after the disconnect).
+    deadline = time.monotonic() + 30
+    while {p for p in uploads.iterdir() if p.is_file()} - files_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not {p for p in uploads.iterdir() if p.is_file()} - files_before
+    assert httpx.post(url, content=b"".join(multipart(1, 3_000_000)), headers=headers).status_code == 200
+
+
+# --------------------------------------------------------------------------------- files on disk
+
+
+def test_downloads_are_built_once_per_run_and_go_with_it(app_server, small_png):
+    """/export and /gif build their file once per run: repeating them costs nothing and keeps one copy on disk,
+    in a private folder of the session that the next run (or the session's expiry) deletes."""
+    client = Client(app_server, verbose=False, download_files=False)
+    analyze(client, small_png, methods=["gprune", "tome"])
+    export = Path(client.predict(api_name="/export")["path"])
+    built = export.stat()
+    gif = Path(client.predict("grid", api_name="/gif")["path"])
+    again = Path(client.predict(api_name="/export")["path"])
+    assert again == export and (again.stat().st_ino, again.stat().st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+    assert Path(client.predict("grid", api_name="/gif")["path"]) == gif
+    folder = export.parent
+    assert sorted(p.name for p in folder.iterdir()) == sorted([export.name, gif.name])
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    # A sweep adds to the export, so the next export is built again, with it.
+    client.predict("1, 0.5", api_name="/sweep")
+    with zipfile.ZipFile(client.predict(api_name="/export")["path"]) as archive:
+        assert "stability.json" in archive.namelist()
+    # The next run replaces this one's downloads: they are deleted now, not an hour later.
+    analyze(client, small_png)
+    assert not folder.exists()
+    assert Path(client.predict(api_name="/export")["path"]).parent != folder
+
+
+def complete_picture(url: str) -> bool:
+    """Whether `url` downloads as a whole, decodable picture (a truncated body is a protocol error or a bad JPEG)."""
+    try:
+        response = httpx.get(url, timeout=60)
+        with Image.open(io.BytesIO(response.content)) as picture:
+            picture.load()
+        return response.status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
+
+
+def test_identical_outputs_of_concurrent_sessions_always_download_whole(app_server, tmp_path):
+    """16 sessions draw the same pictures at the same moment and download them while the others write theirs.
+
+    Gradio names a picture by its content, so the sessions share each file; it used to be rewritten in place by
+    every session, and 8 of 190 downloads came back empty or truncated.
+    """
+    path = tmp_path / "same.png"
+    path.write_bytes(encoded(noise(96, 96), "PNG"))
+    barrier, bad, downloads = threading.Barrier(16), [], []
+
+    def session():
+        client = Client(app_server, verbose=False, download_files=False)
+        barrier.wait(timeout=60)
+        outputs = analyze(client, path, methods=["gprune", "l2norm", "random"])
+        files = [outputs[0], outputs[1], *(item["image"] for item in outputs[2])]
+        for iteration in range(4):
+            files += client.predict("grid", iteration, api_name="/step")[:2]
+        for file in files:
+            downloads.append(file["url"])
+            if not complete_picture(file["url"]):
+                bad.append(file["url"])
+
+    threads = [threading.Thread(target=session) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    print(f"\n{len(downloads)} downloads by 16 sessions with identical outputs, {len(bad)} incomplete")
+    assert len(downloads) == 16 * 13 and not bad
+
+
+def test_the_app_writes_only_to_private_folders_it_made(limits_app, small_png):
+    """`limits_app` starts with its temp folder's fixed names (`PLANTED`) already symlinked to an attacker's
+    folder, and no GRADIO_TEMP_DIR: the app followed the old fixed name, deleted the file there and wrote its
+    downloads into it. Now every file goes into folders it made itself at start-up."""
+    folder = limits_app.log_path.parent
+    client = Client(limits_app.url, verbose=False, download_files=False)
+    analyze(client, small_png)
+    written = [Path(client.predict(api_name="/export")["path"]), Path(client.predict("grid", api_name="/gif")["path"]),
+               Path(client.predict("grid", 1, api_name="/step")[0]["path"])]
+    assert sorted(p.name for p in (folder / PLANTED_TARGET).iterdir()) == [PLANTED_FILE]
+    assert all((folder / name).is_symlink() for name in PLANTED)
+    for path in written:
+        private = folder / path.resolve().relative_to(folder).parts[0]
+        assert private.name.startswith("gprune-explorer-") and not private.is_symlink()
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
+# ------------------------------------------------------------------------- one session, many calls
+
+BUSY = "This session already has a call in progress: read its result"
+
+
+def test_one_session_has_one_raw_call_in_flight(app_server, small_png):
+    """Gradio hands a session's results to whichever raw /call stream of that session reads first: calls in flight
+    together could swap results or leave a stream waiting. Now a second call is refused until the first's result
+    has been read; then the session goes on as usual."""
+    session = f"one-call-{os.getpid()}"
+    event, _ = raw_call(app_server, "analyze", [raw_upload(app_server, small_png), *QUICK_ARGS], session)
+    assert event == "complete"
+    step = raw_post(app_server, "step", ["grid", 2], session)
+    refused = [raw_post(app_server, "inspect", ["grid", 3, 3], session), raw_post(app_server, "export", [], session)]
+    assert step.status_code == 200
+    for response in refused:
+        assert response.status_code == 409 and response.json()["detail"].startswith(BUSY)
+    other = raw_call(app_server, "step", ["grid", 1], f"{session}-other")  # other sessions are not held up
+    assert other[0] == "error" and other[1]["error"].startswith("Run an analysis first")
+    event, data = raw_result(app_server, "step", step.json()["event_id"])
+    assert event == "complete" and "Iteration 2 of 3" in data[2]
+    event, data = raw_call(app_server, "inspect", ["grid", 3, 3], session)
+    assert event == "complete" and data[2].startswith("**Token ")
+
+
+def test_concurrent_calls_of_one_client_session_get_their_own_results(app_server, small_png):
+    """gradio_client (like the browser) multiplexes one session's calls by event id; they may run together."""
+    client = Client(app_server, verbose=False, download_files=False)
+    analyze(client, small_png)
+    steps = [client.submit("grid", iteration, api_name="/step") for iteration in range(4)]
+    exports = [client.submit(api_name="/export") for _ in range(3)]
+    for iteration, job in enumerate(steps):
+        assert f"Iteration {iteration} of 3" in job.result(timeout=120)[2]
+    assert len({job.result(timeout=120)["path"] for job in exports}) == 1  # built once, by whichever came first

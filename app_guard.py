@@ -1,0 +1,223 @@
+"""What stands between a client and the app's handlers: every refused request gets a message, the server log
+stays short, and no client-chosen value can make the server hold unbounded memory.
+
+* `RequestGuard`, an ASGI middleware in front of Gradio's routes: caps request bodies, accepts only session
+  ids shaped like the ones Gradio's clients make, and lets a session have one raw `/call` in flight.
+* `GuardedBlocks`, the app's `gr.Blocks`: refuses a call with missing inputs by name or with a file that was
+  not uploaded, logs a refused input as one line, and answers an unexpected failure with a reference to its
+  logged traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+
+import gradio as gr
+import pydantic
+from gradio_client.utils import is_file_obj, traverse
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from app_inputs import shown, uploaded_file
+
+# Gradio's browser client makes 11-character base-36 ids and gradio_client uuid4 strings. Gradio keys its
+# queues and session states by whatever string a client sends; a 4 MB id cost 4 MB per call, kept.
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_BODY_BYTES = 1 << 20  # API calls are JSON; files go through /upload (a data: URL image up to ~750 kB fits)
+MULTIPART_OVERHEAD = 1 << 16  # boundary and part headers around the one file of an upload
+
+log = logging.getLogger("gprune.app")
+log.setLevel(logging.INFO)
+log.propagate = False
+_handler = logging.StreamHandler()
+_handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+log.addHandler(_handler)
+
+
+class Refused(Exception):
+    """A request answered here, before Gradio sees it: HTTP `status` with `{"detail": message}`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.response = JSONResponse({"detail": message}, status_code=status)
+
+
+def check_session_id(value) -> None:
+    if not (isinstance(value, str) and SESSION_ID.fullmatch(value)):
+        size = f"{len(value):,} characters" if isinstance(value, str) else type(value).__name__
+        raise Refused(400, f"session_hash must be 1 to 64 letters, digits, '-' or '_' (as Gradio's clients make "
+                           f"them); got {size}.")
+
+
+class RequestGuard:
+    """ASGI middleware (`launch(app_kwargs={"middleware": [...]})`) for every HTTP request.
+
+    * Bodies: at most `MAX_BODY_BYTES`, except uploads (one file of at most `max_upload_bytes`, which Gradio
+      checks per file); counted as they arrive, whatever Content-Length says (HTTP 413). An upload that is
+      cut off, by the cap or by the client, leaves no partial file behind.
+    * Session ids, in a JSON body, the query or the heartbeat path: `SESSION_ID` only (HTTP 400).
+    * Raw `/call` API: Gradio sends a session's results to whichever `GET /call/…/{event_id}` stream of that
+      session reads first, so two calls in flight in one session could swap results or leave one stream
+      waiting forever. A `/call` for a session with an undelivered event is refused (HTTP 409) until its
+      result is read. Browsers and gradio_client use `/queue/join`, whose stream is demultiplexed by event.
+    """
+
+    def __init__(self, app, blocks: gr.Blocks, max_upload_bytes: int):
+        self.app, self.blocks = app, blocks
+        self.max_upload_bytes = max_upload_bytes
+        self.calls_starting: set[str] = set()  # /call POSTs between this check and Gradio's queue
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            self.check_url(request)
+            if scope["path"].endswith("/gradio_api/upload"):
+                limit = self.max_upload_bytes + MULTIPART_OVERHEAD
+                self.check_length(request, limit, "an upload carries one file of at most "
+                                                  f"{self.max_upload_bytes:,} bytes")
+                await self.app(scope, upload_stream(receive, limit), send)  # streamed to disk by Gradio
+                return
+            self.check_length(request, MAX_BODY_BYTES, "send images through /gradio_api/upload")
+            body = await read_body(receive, MAX_BODY_BYTES)
+            session = self.call_session(request, body)
+        except Refused as refusal:
+            await refusal.response(scope, receive, send)
+            return
+        if session is None:
+            await self.app(scope, replay(body, receive), send)
+            return
+        self.calls_starting.add(session)
+        try:
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            self.calls_starting.discard(session)
+
+    @staticmethod
+    def check_length(request: Request, limit: int, hint: str) -> None:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > limit:
+            raise Refused(413, f"Request body too large: at most {limit:,} bytes ({hint}).")
+
+    @staticmethod
+    def check_url(request: Request) -> None:
+        if "session_hash" in request.query_params:
+            check_session_id(request.query_params["session_hash"])
+        heartbeat = re.search(r"/gradio_api/heartbeat/([^/]*)$", request.url.path)
+        if heartbeat:
+            check_session_id(heartbeat[1])
+
+    def call_session(self, request: Request, body: bytes) -> str | None:
+        """Check the JSON body's session id; for a raw `/call`, return it (refused if the session is busy)."""
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            return None  # not JSON: the route answers as it would
+        except RecursionError:  # the routes' own parsing would fail the same way, with an unexplained 500
+            raise Refused(400, "The request's JSON is nested too deeply.") from None
+        if not isinstance(payload, dict) or payload.get("session_hash") is None:
+            return None
+        session = payload["session_hash"]
+        check_session_id(session)
+        if request.method != "POST" or "/gradio_api/call/" not in request.url.path:
+            return None
+        # Gradio's own record of a session's events whose result no stream has read yet.
+        if session in self.calls_starting or self.blocks._queue.pending_event_ids_session.get(session):
+            raise Refused(409, "This session already has a call in progress: read its result (GET "
+                               "/gradio_api/call/<endpoint>/<event_id>) before sending its next call.")
+        return session
+
+
+async def read_body(receive, limit: int) -> bytes:
+    """The whole request body, refused once more than `limit` bytes arrived (Content-Length may be absent)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            raise Refused(413, f"Request body too large: at most {limit:,} bytes.")
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def upload_stream(receive, limit: int):
+    """`receive` for Gradio's upload route that stops a body over `limit` bytes or cut off by the client.
+
+    Both are raised as Gradio's own `MultiPartException`: its parser deletes the part files it has written for
+    that exception only (a disconnect would leave them in the upload folder), and its route answers 413 for a
+    message that says "maximum allowed size".
+    """
+    size = 0
+
+    async def receive_upload():
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise MultiPartException("The upload was interrupted.")
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise MultiPartException(f"Request body exceeded maximum allowed size of {limit} bytes.")
+        return message
+
+    return receive_upload
+
+
+def replay(body: bytes, receive):
+    """`receive` for the app after the body was read here: the body once, then the client's own messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_replayed():
+        return pending.pop() if pending else await receive()
+
+    return receive_replayed
+
+
+def endpoint(block_fn) -> str:
+    return f"/{block_fn.api_name}" if block_fn.api_name else block_fn.name
+
+
+class GuardedBlocks(gr.Blocks):
+    """`gr.Blocks` whose failed calls all reach the client as a message, and the server log as one line
+    (a refused input) or one traceback (a bug)."""
+
+    def validate_inputs(self, block_fn, inputs):
+        # Gradio's own check raises a ValueError, which reaches clients as {"error": null}.
+        if len(inputs) < len(block_fn.inputs):
+            names = [name for block, name in zip(block_fn.inputs, block_fn.input_parameter_names, strict=False)
+                     if not block.skip_api]
+            raise gr.Error(f"{endpoint(block_fn)} takes {len(names)} inputs ({', '.join(map(str, names))}); got "
+                           f"{len(inputs)}. Send all of them, in that order (gradio_client fills in defaults).")
+        super().validate_inputs(block_fn, inputs)
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        # Gradio copies every {"path": …} of a request into its cache before any component sees it (and
+        # downloads URLs); its own check then fails with a message naming the path, or none. Only uploads pass.
+        for value in inputs:
+            traverse(value, lambda file: uploaded_file(file["path"]), is_file_obj)
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except pydantic.ValidationError as error:  # a value of the wrong shape, e.g. an image {"path": 5}
+            problem = error.errors()[0]
+            where = ".".join(map(str, problem["loc"])) or "value"
+            raise gr.Error(f"An input is malformed ({where}: {problem['msg']}).") from None
+
+    async def process_api(self, block_fn, *args, **kwargs):
+        name = endpoint(self.fns[block_fn] if isinstance(block_fn, int) else block_fn)
+        try:
+            return await super().process_api(block_fn, *args, **kwargs)
+        except gr.Error as error:
+            error.print_exception = False  # Gradio would print a 30-line traceback for a refused input
+            log.info("refused %s: %s", name, shown(error.message, 300))
+            raise
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("error %s in %s", reference, name)
+            raise gr.Error(f"The server failed on this request (error {reference}, logged with its details). "
+                           "Check the inputs and try again.", print_exception=False) from None
