@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ZEROGPU_TORCH = ("2.8.0", "2.9.1", "2.10.0", "2.11.0")
 ZEROGPU_PYTHON = ("3.12.12", "3.10.13")
 SPACE_TORCH = "2.11.0"  # the newest ZeroGPU lists
-# What app.py needs at run time; tests, benchmarks and CI files stay out of the Space.
-SPACE_FILES = ("app.py", "app_views.py", "zerogpu.py", "README.md")
+# What app.py needs at run time (every top-level app*.py module it is split into); tests, benchmarks and CI
+# files stay out of the Space.
+SPACE_FILE_PATTERNS = ("app*.py", "zerogpu.py", "README.md")
 SPACE_FOLDERS = ("gprune", "viz", "assets")
 
 
@@ -52,8 +53,8 @@ def build_space(out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for name in SPACE_FILES:
-        shutil.copy2(ROOT / name, out / name)
+    for path in sorted({path for pattern in SPACE_FILE_PATTERNS for path in ROOT.glob(pattern)}):
+        shutil.copy2(path, out / path.name)
     for name in SPACE_FOLDERS:
         shutil.copytree(ROOT / name, out / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (out / "requirements.txt").write_text(space_requirements((ROOT / "requirements.txt").read_text()))
