@@ -455,7 +455,7 @@ def inspect(session, view="grid", x=0.0, y=0.0, request: gr.Request = None):
     if not (math.isfinite(x) and math.isfinite(y)):
         raise gr.Error("Give the pixel coordinates x and y of the token to inspect as numbers (or click the picture).")
     found = views.inspect_token(session, view, x, y)
-    return found.highlight, gr.Image(found.trace, visible=True), found.markdown
+    return found.highlight, found.trace, found.markdown
 
 
 @shown
@@ -491,14 +491,19 @@ def play_tick(session, iteration):
 def iterations_gif(session, view="grid", request: gr.Request = None):
     """Animated GIF of G-Prune's heatmap and kept mask over the iterations."""
     session = need_session(session, request)
-    return gr.File(temp_file(views.gif_name(session, view), views.iterations_gif(session, view)), visible=True)
+    return temp_file(views.gif_name(session, view), views.iterations_gif(session, view))
 
 
 @shown
 def export(session, request: gr.Request = None):
     """ZIP with slide-ready figures, the scores and kept indices, the answers and the exact configuration."""
     session = need_session(session, request)
-    return gr.File(temp_file(views.export_name(session, ".zip"), views.export_zip(session)), visible=True)
+    return temp_file(views.export_name(session, ".zip"), views.export_zip(session))
+
+
+def reveal():
+    """Show a component that stays hidden until it has something to show (UI only; API results stay plain)."""
+    return gr.update(visible=True)
 
 
 def parse_ratios(text) -> list[float]:
@@ -850,10 +855,15 @@ def build_demo() -> gr.Blocks:
               [difference_image, difference_counts], api_name="difference", **cpu_queue)
         for picture in (heatmap, mask, highlight):
             picture.select(inspect_click, [session, view], [x, y, highlight, trace, token_info],
-                           api_visibility="private", **cpu_queue).success(None, js=SCROLL_TO_INSPECT)
-        inspect_button.click(inspect, [session, view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue)
-        gif_button.click(iterations_gif, [session, view], gif_file, api_name="gif", **cpu_queue)
-        export_button.click(export, [session], export_file, api_name="export", **cpu_queue)
+                           api_visibility="private", **cpu_queue
+                           ).success(reveal, None, trace, api_visibility="private", queue=False
+                                     ).success(None, js=SCROLL_TO_INSPECT)
+        inspect_button.click(inspect, [session, view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue
+                             ).success(reveal, None, trace, api_visibility="private", queue=False)
+        gif_button.click(iterations_gif, [session, view], gif_file, api_name="gif", **cpu_queue
+                         ).success(reveal, None, gif_file, api_visibility="private", queue=False)
+        export_button.click(export, [session], export_file, api_name="export", **cpu_queue
+                            ).success(reveal, None, export_file, api_visibility="private", queue=False)
         sweep_button.click(sweep, [session, ratios], [session, stability_plot, stability_json], api_name="sweep", **gpu_queue)
         presentation.change(None, presentation, js=TOGGLE_PRESENTATION)
         demo.load(None, None, presentation, js=PRESENTATION_FROM_URL)

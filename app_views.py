@@ -688,11 +688,12 @@ def slide_figures(session: Session) -> dict[str, Image.Image]:
         if "gprune" in analysis.results:
             last = iteration_count(analysis)
             heatmap, mask, _ = iteration_pictures(big, view, last)
-            figures[f"{view}-gprune-scores.png"] = viz.slide(
+            figures[f"{view}-gprune-iteration-{last}-scores.png"] = viz.slide(
                 heatmap, f"G-Prune scores after {last} iterations · {short} · {source}",
                 legends=(heatmap_legend(big, view, last),), note=note)
-            figures[f"{view}-gprune-kept.png"] = viz.slide(
-                mask, f"Tokens G-Prune keeps · {short} · {source}", legends=(mask_legend(last),), note=note)
+            figures[f"{view}-gprune-iteration-{last}-kept.png"] = viz.slide(
+                mask, f"Tokens G-Prune keeps after {last} iterations · {short} · {source}", legends=(mask_legend(last),),
+                note=note)
             figures[f"{view}-gprune-score-histogram.png"] = score_picture(big, view, last, dpi=viz.SLIDE_DPI)
         for method in analysis.results:
             picture = method_picture(big, method, view)

@@ -52,6 +52,13 @@ class Browser:
         self.page.wait_for_function(
             f"(document.querySelector({selector!r})?.innerText ?? '').includes({fragment!r})")
 
+    def settle(self) -> None:
+        """Wait for the page's smooth scrolling (to the results, to the inspect panel) to end."""
+        last = None
+        while (position := self.page.evaluate("window.scrollY")) != last:
+            last = position
+            self.page.wait_for_timeout(250)
+
     def tab(self, name: str) -> None:
         self.page.get_by_role("tab", name=name, exact=True).click()
 
@@ -94,7 +101,7 @@ def test_run_from_an_example_lands_on_results_marked_as_toy(browser):
     page.click("#run-button")
     browser.wait_text("#status", "Analysed a 512×512 image")
     browser.wait_text("#iteration-caption", "Iteration 5 of 5")
-    page.wait_for_timeout(800)  # the smooth scroll to the results
+    browser.settle()
     assert browser.in_viewport("#heatmap img"), "after Run the results are scrolled into view"
     browser.shot("01-run", full_page=False)
     assert browser.model_calls() == 1
@@ -117,11 +124,13 @@ def test_run_from_an_example_lands_on_results_marked_as_toy(browser):
 def test_heatmap_click_shows_the_token_beside_it(browser):
     page = browser.page
     browser.tab("Iterations")
+    browser.settle()
+    page.locator("#heatmap img").scroll_into_view_if_needed()
     box = page.locator("#heatmap img").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.55)
     browser.wait_text("#token-info", "Strongest sources")
     page.wait_for_selector("#trace img")
-    page.wait_for_timeout(800)  # the smooth scroll to the inspect panel
+    browser.settle()
     info = browser.text("#token-info")
     assert re.search(r"Token at r\d+ c\d+", info) and "packed position" in info
     assert re.search(r"Strongest sources[^:]*: r\d+ c\d+ \(", info), "neighbours are named by row and column"
@@ -192,10 +201,12 @@ def test_presentation_mode_hides_explanations(browser, app_server):
     page.wait_for_selector("#input-image img")
     page.click("#run-button")
     browser.wait_text("#iteration-caption", "Iteration 5 of 5")
+    browser.settle()
+    page.locator("#heatmap img").scroll_into_view_if_needed()
     box = page.locator("#heatmap img").bounding_box()  # clicks still find their token under the zoom
-    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
-    browser.wait_text("#token-info", "y 384–395")  # 512×512 image, 336/14-pixel grid cells
-    page.wait_for_timeout(800)
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.76)
+    browser.wait_text("#token-info", "y 384–395")  # y ≈ 389 of the 512×512 image: the middle of grid row 36 (rows are 10.7 px)
+    browser.settle()
     assert browser.horizontal_overflow() == 0
     browser.shot("08-presentation", full_page=False)
     page.locator("#presentation-toggle input").uncheck()

@@ -263,7 +263,7 @@ def test_rejected_setting(client, small_png, settings, message):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
 def test_non_finite_keep_ratio_sent_as_raw_json(app_server, client, small_png, value):
     image = raw_upload(app_server, small_png)
-    event, data = raw_call(app_server, "analyze", [image, QUESTION, value, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid"])
+    event, data = raw_call(app_server, "analyze", [image, QUESTION, value, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", False])
     assert event == "error"
     assert data["error"] == f"Keep ratio ρ must be a number from 0.01 to 1; got {value!r}."
     assert_serving(client, small_png)

@@ -116,11 +116,11 @@ def test_the_apps_own_outputs_are_served(app_server, small_png):
 def test_a_server_path_is_not_accepted_as_an_upload(app_server, small_png, path):
     """The image input takes only files uploaded through the app, not a path on the server."""
     image = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "picture.png"}
-    event, data = raw_call(app_server, "analyze", [image, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid"])
+    event, data = raw_call(app_server, "analyze", [image, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", False])
     assert event == "error"
     assert "root:" not in json.dumps(data) and "image_size" not in json.dumps(data)
     uploaded = raw_upload(app_server, small_png)  # an actual upload, sent the same way, works
-    event, data = raw_call(app_server, "analyze", [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid"])
+    event, data = raw_call(app_server, "analyze", [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", False])
     assert event == "complete" and data[-1]["image_size"] == [64, 48]
 
 
@@ -161,7 +161,7 @@ def test_extra_arguments_do_not_change_the_model(app_server, small_png):
     hub_id = "llava-hf/llava-v1.6-mistral-7b-hf"
     uploaded = raw_upload(app_server, small_png)
     event, data = raw_call(app_server, "analyze",
-                           [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", hub_id, {"model": hub_id}])
+                           [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", False, hub_id, {"model": hub_id}])
     assert event == "complete"
     assert data[-1]["model"] == "tiny" and data[-1]["random_weights"] is True
     with pytest.raises(AppError, match="Unknown method"):
