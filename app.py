@@ -674,6 +674,7 @@ body.presentation .explain, body.presentation #intro, body.presentation #setting
 body.presentation .gradio-container { zoom: 1.2; }
 body.presentation #controls { flex-grow: 0 !important; min-width: 240px !important; max-width: 280px; }
 body.presentation .gprune-legend, body.presentation .gprune-compare { font-size: 1em; }
+@media (max-width: 1100px) { #compare-gallery .grid-container { grid-template-columns: 1fr 1fr !important; } }
 @media (max-width: 640px) {
   .gprune-compare thead { display: none; }
   .gprune-compare, .gprune-compare tbody, .gprune-compare tr, .gprune-compare td { display: block; width: auto; }
@@ -788,8 +789,10 @@ def build_demo() -> gr.Blocks:
                             gif_file = gr.File(label="Iterations GIF", visible=False)
                         gr.Markdown(ITERATIONS_TEXT, elem_classes=["explain"])
                     with gr.Tab("Compare"):
-                        gallery = gr.Gallery(show_label=False, columns=2, format="jpeg", height="auto",
+                        gallery = gr.Gallery(show_label=False, columns=3, format="jpeg", height="auto",
+                                             buttons=["download", "fullscreen"],  # no "download all" over a title
                                              object_fit="contain", elem_id="compare-gallery")
+                        gr.HTML(viz.legend_html(views.gallery_legend()))
                         answers = gr.HTML(elem_id="answers")
                         with gr.Row():
                             pair_choices = [(METHOD_LABELS["unpruned"], "unpruned"), *method_choices]
@@ -805,7 +808,8 @@ def build_demo() -> gr.Blocks:
                         sweep_button = gr.Button("Run sweep")
                         stability_plot = gr.Image(show_label=False, interactive=False, elem_id="stability-plot",
                                                   buttons=["download", "fullscreen"])
-                        stability_json = gr.JSON(label="log p(unpruned answer) per method and keep ratio")
+                        with gr.Accordion("The numbers (JSON)", open=False):
+                            stability_json = gr.JSON(label="log p(unpruned answer) per method and keep ratio")
                     with gr.Tab("Learn"):
                         facts = gr.Markdown()
                         with gr.Row():

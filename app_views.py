@@ -38,7 +38,7 @@ EXPORT_MAX_SIDE = 1280
 VIEWS = ("grid", "base")
 VIEW_KINDS = {"base": KIND_BASE, "grid": KIND_GRID}
 VIEW_NAMES = {"base": "base view (24×24 over the whole image)", "grid": "high-resolution grid"}
-VIEW_SHORT = {"base": "base view", "grid": "high-resolution grid"}
+VIEW_SHORT = {"base": "base view", "grid": "high-res grid"}
 COLOUR_MODES = viz.COLOUR_MODES
 COLOUR_MODE_NAMES = {"rank": "rank within this view", "log": "log scale", "linear": "linear, 2nd–98th percentile"}
 HEATMAP_CMAP = "inferno"
@@ -341,9 +341,15 @@ def mask_legend(iteration: int, title: str = "") -> viz.Swatches:
 
 
 def tome_legend() -> viz.Swatches:
-    samples = tuple((tuple(rgb), "") for rgb in viz.group_colours(np.arange(1, 4)))
-    return viz.Swatches("ToMe's merge groups", (*samples[:-1], (samples[-1][0], "one colour per group of merged "
-                        "tokens; uncoloured: not merged")))
+    colour = tuple(int(c) for c in viz.group_colours(np.array([1]))[0])
+    return viz.Swatches("ToMe's merge groups", ((colour, "ToMe: one colour per group of merged tokens "
+                                                          "(uncoloured: not merged)"),))
+
+
+def gallery_legend() -> viz.Swatches:
+    """What the comparison pictures show: kept / dropped, and ToMe's groups."""
+    kept = mask_legend(0, "Each method's tokens at the shared budget")
+    return dataclasses.replace(kept, items=kept.items + tome_legend().items)
 
 
 def iterations_gif(session: Session, view: str, duration_ms: int = 900) -> bytes:
@@ -400,22 +406,28 @@ def _milliseconds(seconds: float) -> str:
     return f"{value:.2g}" if value < 10 else f"{value:,.0f}"
 
 
-def method_picture(session: Session, method: str, view: str) -> np.ndarray:
-    """One method's decision at the session's keep ratio (kept mask, or merge groups for ToMe), titled."""
-    analysis, canvas = session.analysis, session.canvas
+def method_overlay(session: Session, method: str, view: str) -> np.ndarray:
+    """One method's decision at the session's keep ratio: kept mask, or merge groups for ToMe."""
+    canvas, n = session.canvas, session.analysis.layout.n_tokens
     index_map = canvas.maps[check_view(view)]
-    positions = view_positions(analysis, view)
     selection = selection_at(session, method)
-    n = analysis.layout.n_tokens
     if selection.groups is not None:
-        picture = viz.groups_overlay(canvas.image, index_map, selection.group_of(n))
-    else:
-        picture = viz.mask_overlay(canvas.image, index_map, selection.kept_mask(n))
-    kept_count = int(selection.kept_mask(n)[positions].sum())
-    title = f"{METHOD_LABELS[method]}: kept {kept_count:,}/{len(positions):,} at ρ = {_ratio(session.keep_ratio)}"
-    if selection.groups is not None:
-        title += " · colours = merge groups"
-    return viz.titled(picture, title)
+        return viz.groups_overlay(canvas.image, index_map, selection.group_of(n))
+    return viz.mask_overlay(canvas.image, index_map, selection.kept_mask(n))
+
+
+def method_title(session: Session, method: str, view: str) -> str:
+    """`G-Prune · 576/2,304 · ρ 0.25`: the method, its kept tokens of the view and the keep ratio."""
+    positions = view_positions(session.analysis, view)
+    selection = selection_at(session, method)
+    kept_count = int(selection.kept_mask(session.analysis.layout.n_tokens)[positions].sum())
+    merged = " (colours: merge groups)" if selection.groups is not None else ""
+    return f"{METHOD_LABELS[method]}{merged} · {kept_count:,}/{len(positions):,} · ρ {_ratio(session.keep_ratio)}"
+
+
+def method_picture(session: Session, method: str, view: str) -> np.ndarray:
+    """`method_overlay` with its title above it."""
+    return viz.titled(method_overlay(session, method, view), method_title(session, method, view))
 
 
 def method_pictures(session: Session, view: str) -> list[tuple[np.ndarray, str]]:
@@ -557,7 +569,7 @@ def _graph_facts_of(session: Session, view: str, token: int) -> tuple[np.ndarray
         f"- **Strongest sources** (cyan lines, width ∝ the share of their mass sent here; {int(shown.sum())} drawn): "
         f"{sources or 'none — an isolated token'}",
     ]
-    title = f"{VIEW_SHORT[view]} {cell_name(analysis, token)}: G-Prune score by iteration"
+    title = f"{cell_name(analysis, token)}: G-Prune score by iteration"
     trace = viz.score_trace_plot(scores, title, cuts=cuts, note=toy_note(analysis))
     return highlight, trace, lines
 
@@ -600,7 +612,7 @@ def similarity_picture(analysis: Analysis, view: str, dpi: int = viz.DPI) -> Ima
     """Histogram of the view's token-pair cosine similarities with G-Prune's edge threshold."""
     sample = similarity_sample(analysis.features, view_positions(analysis, view))
     return viz.similarity_histogram(sample, analysis.config.threshold, dpi=dpi, note=toy_note(analysis),
-                                    title=f"Cosine similarity of {SIMILARITY_PAIRS:,} random {VIEW_SHORT[view]} token pairs")
+                                    title=f"Cosine similarity of {SIMILARITY_PAIRS:,} random token pairs, {VIEW_SHORT[view]}")
 
 
 def score_picture(session: Session, view: str, iteration: int, dpi: int = viz.DPI) -> Image.Image:
@@ -696,10 +708,10 @@ def slide_figures(session: Session) -> dict[str, Image.Image]:
                 note=note)
             figures[f"{view}-gprune-score-histogram.png"] = score_picture(big, view, last, dpi=viz.SLIDE_DPI)
         for method in analysis.results:
-            picture = method_picture(big, method, view)
             legend = tome_legend() if method == "tome" else mask_legend(0, f"Kept by {METHOD_LABELS[method]}")
             figures[f"{view}-{method}-kept.png"] = viz.slide(
-                picture, f"{METHOD_LABELS[method]} at the shared budget · {short} · {source}", legends=(legend,), note=note)
+                method_overlay(big, method, view), f"{method_title(big, method, view)} · {short} · {file_stem(session.image_name)}",
+                legends=(legend,), note=note)
         figures[f"{view}-similarity-histogram.png"] = similarity_picture(analysis, view, dpi=viz.SLIDE_DPI)
     if session.stability is not None:
         figures["answer-stability-sweep.png"] = stability_picture(session.stability, analysis, dpi=viz.SLIDE_DPI)

@@ -40,7 +40,7 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     axes.invert_xaxis()
     axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
     axes.set_ylabel("log p(reference answer)")
-    axes.set_title(_shorten(reference_label), fontsize=9)
+    _title(axes, reference_label)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _render(figure)
@@ -64,7 +64,7 @@ def similarity_histogram(similarities: np.ndarray, threshold: float, *, title: s
     axes.text(0.02, 0.95, f"{fraction:.1%} of {finite.size:,} pairs ≥ {threshold:g}", transform=axes.transAxes, va="top")
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("pairs")
-    axes.set_title(_shorten(title), fontsize=9)
+    _title(axes, title)
     axes.legend(fontsize=8, loc="upper right")
     return _render(figure)
 
@@ -93,7 +93,7 @@ def score_histogram(scores: np.ndarray, cut: float, *, title: str = "", note: st
     axes.axvline(cut, color="tab:red", linestyle="--", label=f"top-k cut ({cut:.3g})")
     axes.set_xlabel("score (log scale)" if log else "score")
     axes.set_ylabel("tokens")
-    axes.set_title(_shorten(title), fontsize=9)
+    _title(axes, title)
     axes.legend(fontsize=8, loc="upper right")
     return _render(figure)
 
@@ -124,7 +124,7 @@ def score_trace_plot(scores_over_iterations: np.ndarray, label: str, *, cuts: np
         axes.set_yscale("log")
     axes.set_xlabel("iteration")
     axes.set_ylabel("score")
-    axes.set_title(_shorten(label), fontsize=9)
+    _title(axes, label)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     return _render(figure)
@@ -170,8 +170,13 @@ def _figure(dpi: int = DPI, note: str = ""):
     figure = Figure(figsize=FIGSIZE, dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     if note:
-        figure.suptitle(_shorten(note, 110), color="firebrick", fontsize=8.5, fontweight="bold")
+        figure.suptitle(_shorten(note, 90), x=0.01, ha="left", color="firebrick", fontsize=8.5, fontweight="bold")
     return figure, figure.add_subplot()
+
+
+def _title(axes, text: str) -> None:
+    """Left-aligned, so a viewer's buttons in the top-right corner of the picture never cover it."""
+    axes.set_title(_shorten(text, 70), fontsize=9, loc="left")
 
 
 def _render(figure: Figure) -> Image.Image:
