@@ -173,8 +173,9 @@ def _ratio(value: float) -> str:
 
 def set_display(session: Session, keep_ratio: float | None = None, colour_mode: str | None = None) -> None:
     """Draw this session's pictures at another keep ratio and/or in another colour mode."""
-    if keep_ratio is not None:
-        session.keep_ratio = check_keep_ratio(keep_ratio)
+    if keep_ratio is not None and check_keep_ratio(keep_ratio) != session.keep_ratio:
+        # Fresh caches (assigned, never mutated while another redraw of this session may read them).
+        session.keep_ratio, session.kept_cache, session.selection_cache = float(keep_ratio), {}, {}
     if colour_mode is not None:
         if colour_mode not in COLOUR_MODES:
             raise ValueError(f"colour mode must be one of {', '.join(COLOUR_MODES)}, got {colour_mode!r}")
@@ -204,7 +205,7 @@ def redraw_selection(analysis: Analysis, method: str, keep_ratio: float) -> Sele
 
 def selection_at(session: Session, method: str, keep_ratio: float | None = None) -> Selection:
     """`method`'s selection at `keep_ratio` (default: the session's): the run's own at the run's ratio, else a
-    redraw from stored data (`redraw_selection`), cached for the ratio on display."""
+    redraw from stored data (`redraw_selection`), cached while that ratio is on display."""
     analysis = session.analysis
     keep_ratio = session.keep_ratio if keep_ratio is None else check_keep_ratio(keep_ratio)
     if method not in analysis.results:
@@ -213,12 +214,10 @@ def selection_at(session: Session, method: str, keep_ratio: float | None = None)
     if keep_ratio == analysis.config.keep_ratio:
         return analysis.results[method].selection
     key = (method, keep_ratio)
-    if key not in session.selection_cache:
-        stale = [k for k in session.selection_cache if k[1] != session.keep_ratio]
-        for k in stale:  # keep only the ratio on display
-            del session.selection_cache[k]
-        session.selection_cache[key] = redraw_selection(analysis, method, keep_ratio)
-    return session.selection_cache[key]
+    cache = session.selection_cache
+    if key not in cache:
+        cache[key] = redraw_selection(analysis, method, keep_ratio)
+    return cache[key]
 
 
 def method_kept(session: Session, method: str) -> np.ndarray:
@@ -234,15 +233,16 @@ def kept_at(session: Session, iteration: int) -> np.ndarray:
     analysis = session.analysis
     iteration = check_iteration(analysis, iteration)
     key = (iteration, session.keep_ratio)
-    if key not in session.kept_cache:
+    cache = session.kept_cache
+    if key not in cache:
         scores = gprune_result(analysis).selection.scores
         layout = analysis.layout
         kept = keep_top_per_view(torch.from_numpy(scores[iteration]), layout.rows, layout.cols,
                                  session.keep_ratio, layout.base_tokens)
         mask = np.zeros(layout.n_tokens, dtype=bool)
         mask[kept.numpy()] = True
-        session.kept_cache[key] = mask
-    return session.kept_cache[key]
+        cache[key] = mask
+    return cache[key]
 
 
 def ratio_notice(session: Session) -> str:
