@@ -75,6 +75,7 @@ EXPORT_DIR = Path(tempfile.gettempdir()) / "gprune-explorer"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
 MAX_UI_ITERATIONS = 20
+TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 
 
 def gpu(function):
@@ -299,9 +300,6 @@ def temp_file(name: str, data: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------------------- handlers
-
-
-TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 
 
 def read_flag(value, label: str) -> bool:
@@ -786,7 +784,7 @@ def build_demo() -> gr.Blocks:
                                     inspect_button = gr.Button("Inspect", size="sm")
                         with gr.Row():
                             gif_button = gr.Button("Make GIF of all iterations", size="sm")
-                            gif_file = gr.File(label="Iterations GIF", visible=False)
+                            gif_file = gr.File(label="Iterations GIF", visible=False, elem_id="gif-file")
                         gr.Markdown(ITERATIONS_TEXT, elem_classes=["explain"])
                     with gr.Tab("Compare"):
                         gallery = gr.Gallery(show_label=False, columns=3, format="jpeg", height="auto",

@@ -180,7 +180,12 @@ def test_every_tab_fits_the_screen(browser):
     page.wait_for_selector("#stability-plot img")
     assert browser.horizontal_overflow() == 0
     browser.shot("06-sweep")
-    if browser.name == "desktop":  # the ZIP is the same at every size; build it once
+    if browser.name == "desktop":  # the files are the same at every size; build them once
+        browser.tab("Iterations")
+        assert not page.locator("#gif-file").is_visible()  # no empty file box before there is a GIF
+        page.get_by_role("button", name="Make GIF of all iterations").click()
+        page.wait_for_selector("#gif-file a")
+        assert "gprune-astronaut-grid-iterations-keep0.25.gif" in browser.text("#gif-file").replace("\n", "")
         browser.tab("Export")
         page.get_by_role("button", name="Build ZIP").click()
         page.wait_for_selector("#export-file a")
