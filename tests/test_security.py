@@ -150,7 +150,7 @@ def test_no_endpoint_takes_a_model_id(app_server):
                  for kind in ("named_endpoints", "unnamed_endpoints") for endpoint, spec in endpoints[kind].items()}
         assert set(names) == {"/analyze", "/step", "/difference", "/inspect", "/gif", "/export", "/sweep"}
         assert names["/analyze"] == ["image", "question", "keep_ratio", "threshold", "temperature", "iterations",
-                                     "fastv_layer", "methods", "max_new_tokens", "view"]
+                                     "fastv_layer", "methods", "max_new_tokens", "view", "measure_timings"]
         assert not [name for params in names.values() for name in params if MODEL_LIKE.search(name)], names
 
 
