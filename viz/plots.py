@@ -11,9 +11,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-FIGSIZE = (6.0, 3.6)
+FIGSIZE = (5.2, 3.5)  # inches; small enough that the text stays legible on a phone
 DPI = 110
-SLIDE_DPI = 220  # 1320 × 792 px: slide-ready
+SLIDE_DPI = 220  # 1144 × 770 px: slide-ready
 
 
 def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], reference_label: str, *,
@@ -42,7 +42,7 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     axes.set_ylabel("log p(reference answer)")
     _title(axes, reference_label)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=9)
     return _render(figure)
 
 
@@ -57,15 +57,15 @@ def similarity_histogram(similarities: np.ndarray, threshold: float, *, title: s
     finite = _finite(similarities, "similarities")
     figure, axes = _figure(dpi, note)
     edges = np.histogram_bin_edges(finite, bins=50)
-    axes.hist(finite[finite < threshold], bins=edges, histtype="stepfilled", color="tab:gray", alpha=0.8, label="no edge")
-    axes.hist(finite[finite >= threshold], bins=edges, histtype="stepfilled", color="tab:blue", alpha=0.9, label=f"edge (≥ s = {threshold:g})")
-    axes.axvline(threshold, color="tab:red", linestyle="--")
     fraction = float((finite >= threshold).mean())
-    axes.text(0.02, 0.95, f"{fraction:.1%} of {finite.size:,} pairs ≥ {threshold:g}", transform=axes.transAxes, va="top")
+    axes.hist(finite[finite < threshold], bins=edges, histtype="stepfilled", color="tab:gray", alpha=0.8, label="no edge")
+    axes.hist(finite[finite >= threshold], bins=edges, histtype="stepfilled", color="tab:blue", alpha=0.9,
+              label=f"edge (≥ s = {threshold:g}): {fraction:.1%} of {finite.size:,} pairs")
+    axes.axvline(threshold, color="tab:red", linestyle="--")
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("pairs")
     _title(axes, title)
-    axes.legend(fontsize=8, loc="upper right")
+    axes.legend(fontsize=9, loc="upper left")
     return _render(figure)
 
 
@@ -94,7 +94,7 @@ def score_histogram(scores: np.ndarray, cut: float, *, title: str = "", note: st
     axes.set_xlabel("score (log scale)" if log else "score")
     axes.set_ylabel("tokens")
     _title(axes, title)
-    axes.legend(fontsize=8, loc="upper right")
+    axes.legend(fontsize=9, loc="upper right")
     return _render(figure)
 
 
@@ -117,7 +117,7 @@ def score_trace_plot(scores_over_iterations: np.ndarray, label: str, *, cuts: np
         if cuts.shape != scores.shape:
             raise ValueError(f"cuts has shape {cuts.shape}, scores {scores.shape}")
         axes.plot(steps, cuts, linestyle="--", color="tab:red", label="keep cut (lowest kept score)")
-        axes.legend(fontsize=8)
+        axes.legend(fontsize=9)
     values = np.concatenate([scores, cuts if cuts is not None else []])
     values = values[np.isfinite(values)]
     if values.size and values.min() > 0 and values.max() / values.min() > 10:
@@ -170,13 +170,13 @@ def _figure(dpi: int = DPI, note: str = ""):
     figure = Figure(figsize=FIGSIZE, dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
     if note:
-        figure.suptitle(_shorten(note, 90), x=0.01, ha="left", color="firebrick", fontsize=8.5, fontweight="bold")
+        figure.suptitle(_shorten(note, 90), x=0.01, ha="left", color="firebrick", fontsize=9.5, fontweight="bold")
     return figure, figure.add_subplot()
 
 
 def _title(axes, text: str) -> None:
     """Left-aligned, so a viewer's buttons in the top-right corner of the picture never cover it."""
-    axes.set_title(_shorten(text, 70), fontsize=9, loc="left")
+    axes.set_title(_shorten(text, 62), fontsize=10, loc="left")
 
 
 def _render(figure: Figure) -> Image.Image:
