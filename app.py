@@ -838,10 +838,11 @@ def build_demo() -> gr.Blocks:
              similarity_plot, score_plot, facts, highlight, trace, token_info, status, notice, gif_file],
             api_visibility="private", **cpu_queue,
         ).then(None, js=SCROLL_TO_RESULTS)
-        iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step",
-                         trigger_mode="always_last", show_progress="hidden", **cpu_queue
-                         ).success(step_details, [session, view, iteration], [*legends, score_plot],
-                                   api_visibility="private", **redraw)
+        # Two listeners, each "always_last" (never two at once, the latest value last), so the legends can never
+        # be left showing an older iteration than the pictures, as a chained event finishing late could.
+        iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step", **redraw)
+        iteration.change(step_details, [session, view, iteration], [*legends, score_plot], api_visibility="private",
+                         **redraw)
         play.click(toggle_play, [playing, session, iteration], [playing, timer, play, iteration], api_visibility="private")
         timer.tick(play_tick, [session, iteration], [playing, timer, play, iteration], api_visibility="private",
                    show_progress="hidden")

@@ -164,6 +164,10 @@ def test_play_steps_through_the_iterations(browser):
     browser.wait_text("#iteration-caption", "Iteration 3 of 5")
     browser.wait_text("#iteration-caption", "Iteration 5 of 5")
     browser.wait_text("#play-button", "Play")
+    # The legends end on the iteration shown, however the redraws interleaved.
+    browser.wait_text("#heatmap-legend", "after iteration 5")
+    browser.wait_text("#mask-legend", "entered since iteration 4")
+    assert "Iteration 5 of 5" in browser.text("#iteration-caption")
     assert browser.model_calls() == 1
 
 
