@@ -610,7 +610,7 @@ token pays them at layer K−1, so it must run K layers of the language model on
 choice depends on the question). G-Prune ranks tokens by where similarity mass accumulates in a graph of the
 visual features alone: it runs before the LLM, costs no LLM layer, and is question-agnostic."""
 
-EXPORT_TEXT = """One ZIP named after the image, keep ratio and date with **slide-ready figures** (PNG, 1280 px wide,
+EXPORT_TEXT = """One ZIP named after the image, keep ratio and date with **slide-ready figures** (PNG, 1,144–1,280 px wide,
 title, legend and — for the toy model — its warning in the picture; iteration GIFs), `summary.json` and
 `tokens.npz` (scores, kept indices, degrees, ToMe groups, token layout; the CLI's format), `answers.json`,
 `config.json`, the exact input image and the `python -m gprune …` command that reproduces the run. Figures

@@ -685,7 +685,7 @@ def _png(picture) -> bytes:
 
 
 def slide_figures(session: Session) -> dict[str, Image.Image]:
-    """Every figure of the run as a slide (≥ 1280 px wide, title, legends and the toy note in the picture).
+    """Every figure of the run, slide-ready: pictures 1280 px wide, plots 1144, with title, legend and toy note.
 
     Drawn at the run's keep ratio (so they match the answers) on a canvas up to `EXPORT_MAX_SIDE` pixels.
     """
