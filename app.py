@@ -39,10 +39,11 @@ from PIL import Image
 from starlette.middleware import Middleware
 
 import app_views as views
+import viz
 import zerogpu
 from app_files import SessionFiles, write_gradio_cache_atomically
 from app_guard import GuardedBlocks, RequestGuard
-from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, pixel_coordinates,
+from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, Upload, pixel_coordinates,
                         read_question)
 from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model,
                     token_layout)
@@ -80,6 +81,7 @@ EXPORT_NAME = "gprune-export.zip"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
 MAX_UI_ITERATIONS = 20
+TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 
 
 def model_name(argv: list[str], environ=os.environ) -> str:
@@ -139,12 +141,12 @@ def run_sweep(image, question: str, answer_token_ids: list[int], keep_ratios: li
 # ----------------------------------------------------------------------------------------- input checks
 
 
-def read_image(upload: bytes | None) -> Image.Image:
+def read_image(upload: Upload | None) -> Image.Image:
     """The uploaded image as the model will see it: decoded, checked, downscaled to `MODEL_MAX_SIDE`."""
     if upload is None:
         raise gr.Error("Upload an image (or click one of the examples) first.")
     try:
-        image = load_image(upload, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
+        image = load_image(upload.data, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
     except ValueError as error:
         raise gr.Error(f"{UNUSABLE}{error}.") from None
     fitted = fit_image(image, MODEL_MAX_SIDE)
@@ -163,7 +165,7 @@ def _whole(value):
 
 
 def make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
-                system_prompt="template") -> AnalysisConfig:
+                system_prompt="template", timing_rounds=0) -> AnalysisConfig:
     if isinstance(methods, str):
         methods = [methods]
     methods = list(methods or [])
@@ -172,7 +174,7 @@ def make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, met
         config = AnalysisConfig(
             methods=ordered, keep_ratio=keep_ratio, iterations=_whole(iterations), threshold=threshold,
             temperature=temperature, fastv_layer=_whole(fastv_layer), max_new_tokens=_whole(max_new_tokens),
-            system_prompt=system_prompt,
+            system_prompt=system_prompt, timing_rounds=timing_rounds,
         )
         return config.validate(NUM_LAYERS)
     except (ValueError, TypeError) as error:
@@ -236,14 +238,21 @@ class StoredSession(views.Session):
 # ------------------------------------------------------------------------------------------- handlers
 
 
+def read_flag(value, label: str) -> bool:
+    if not isinstance(value, bool):
+        raise gr.Error(f"{label} must be true or false; got {value!r}.")
+    return value
+
+
 def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=5,
                   fastv_layer=DEFAULT_FASTV_LAYER, methods=METHODS, max_new_tokens=32, view="grid",
-                  system_prompt="template", progress=gr.Progress(), request: gr.Request = None):
+                  system_prompt="template", measure_timings=False, progress=gr.Progress(), request: gr.Request = None):
     """Run the unpruned model and every chosen method once; keep the results in this session."""
     picture = read_image(image)
     question = read_question(question)
+    rounds = TIMING_ROUNDS if read_flag(measure_timings, "Measure timings") else 0
     config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
-                         system_prompt)
+                         system_prompt, rounds)
     view = shown(views.check_view)(view)
     try:
         analysis = run_model(picture, question, config, progress)
@@ -251,7 +260,7 @@ def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.
         raise
     except ValueError as error:
         raise gr.Error(str(error)) from None
-    session = StoredSession(**vars(views.new_session(analysis)))
+    session = StoredSession(**vars(views.new_session(analysis, image_name=image.name)))
     remember_run(request)
     heatmap, mask = (None, None)
     if "gprune" in analysis.results:
@@ -261,9 +270,10 @@ def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.
 
 
 @shown
-def after_analyze(session, view):
+def after_analyze(session, view, colour_mode):
     """Sync every view-dependent control after a run (UI only)."""
     session = need_session(session)
+    views.set_display(session, colour_mode=colour_mode)
     analysis = session.analysis
     iterations = views.iteration_count(analysis)
     has_gprune = "gprune" in analysis.results
@@ -272,14 +282,15 @@ def after_analyze(session, view):
     a = "gprune" if has_gprune else ran[0]
     b = next((m for m in ("fastv", *ran) if m != a and m in ran), "unpruned")
     difference, counts = views.difference_picture(session, a, b, view)
-    caption = views.iteration_pictures(session, view, iterations)[2] if has_gprune else "G-Prune was not run."
+    heatmap, caption = (views.heatmap_picture(session, view, iterations),
+                        views.iteration_caption(session, view, iterations)) if has_gprune else (None, "G-Prune was not run.")
     return (
         gr.Slider(minimum=0, maximum=iterations, value=iterations, step=1, interactive=has_gprune),
-        caption,
+        heatmap, caption, *iteration_legends(session, view, iterations),
         gr.Dropdown(choices=choices, value=a), gr.Dropdown(choices=choices, value=b), difference, counts,
         *learn_pictures(session, view, iterations),
-        None, None, "Click a cell of the heatmap or the mask to inspect that token.",
-        status_text(analysis),
+        session.canvas.image, gr.Image(None, visible=False), INSPECT_PROMPT, status_text(analysis),
+        views.ratio_notice(session), gr.File(visible=False),
     )
 
 
@@ -288,6 +299,14 @@ def status_text(analysis: Analysis) -> str:
     return (f"Analysed a {layout.image_width}×{layout.image_height} image: {layout.n_tokens:,} visual tokens "
             f"(576 base + {layout.rows}×{layout.cols} grid + {layout.rows} newlines); keep ratio "
             f"{analysis.config.keep_ratio:g} on model `{analysis.model_name}`.")
+
+
+def iteration_legends(session: views.Session, view: str, iteration: int) -> tuple[str, str]:
+    """HTML colour bar of the heatmap and legend of the mask (empty without G-Prune)."""
+    if "gprune" not in session.analysis.results:
+        return "", ""
+    return (viz.legend_html(views.heatmap_legend(session, view, iteration)),
+            viz.legend_html(views.mask_legend(iteration)))
 
 
 def learn_pictures(session: views.Session, view: str, iteration: int):
@@ -304,11 +323,12 @@ def step(session, view="grid", iteration=0, request: gr.Request = None):
 
 
 @shown
-def step_score(session, view, iteration):
+def step_details(session, view, iteration):
+    """The legends and the Learn tab's score histogram for the iteration on display (UI only)."""
     session = need_session(session)
     if "gprune" not in session.analysis.results:
-        return None
-    return views.score_picture(session, view, iteration)
+        return "", "", None
+    return (*iteration_legends(session, view, iteration), views.score_picture(session, view, iteration))
 
 
 @shown
@@ -321,8 +341,36 @@ def change_view(session, view, iteration, method_a, method_b, request: gr.Reques
     else:
         heatmap, mask, caption = None, None, "G-Prune was not run."
     difference, counts = views.difference_picture(session, method_a, method_b, view)
-    return (heatmap, mask, caption, views.method_pictures(session, view), difference, counts,
-            *learn_pictures(session, view, iteration))
+    return (heatmap, mask, caption, *iteration_legends(session, view, iteration), views.method_pictures(session, view),
+            difference, counts, *learn_pictures(session, view, iteration))
+
+
+@shown
+def change_colour(session, view, iteration, colour_mode):
+    """Recolour the heatmap: rank, log or linear (UI only; no session yet: nothing to redraw)."""
+    if session is None:
+        return gr.skip(), gr.skip()
+    views.set_display(session, colour_mode=colour_mode)
+    if "gprune" not in session.analysis.results:
+        return None, ""
+    return views.heatmap_picture(session, view, iteration), iteration_legends(session, view, iteration)[0]
+
+
+@shown
+def change_keep_ratio(session, view, iteration, keep_ratio, method_a, method_b):
+    """Redraw every mask at another keep ratio from the stored scores: no model call (UI only).
+
+    Before any run there is nothing to redraw and the slider only sets the next run's ratio."""
+    if session is None:
+        return tuple(gr.skip() for _ in range(9))
+    views.set_display(session, keep_ratio=keep_ratio)
+    has_gprune = "gprune" in session.analysis.results
+    mask = views.mask_picture(session, view, iteration) if has_gprune else None
+    caption = views.iteration_caption(session, view, iteration) if has_gprune else "G-Prune was not run."
+    difference, counts = views.difference_picture(session, method_a, method_b, view)
+    score = views.score_picture(session, view, iteration) if has_gprune else None
+    return (mask, caption, *iteration_legends(session, view, iteration), views.method_pictures(session, view),
+            difference, counts, score, views.ratio_notice(session))
 
 
 @shown
@@ -333,7 +381,7 @@ def difference(session, method_a="gprune", method_b="fastv", view="grid", reques
 
 @shown
 def inspect(session, view="grid", x=0.0, y=0.0, request: gr.Request = None):
-    """The token under pixel (x, y) of the analysed image: score trace, strongest neighbours, who kept it."""
+    """The token under pixel (x, y) of the analysed image: score trace, graph edges, who kept it."""
     session = need_session(session, request)
     x, y = pixel_coordinates(x, y)
     found = views.inspect_token(session, view, x, y)
@@ -349,19 +397,44 @@ def inspect_click(session, view, evt: gr.SelectData, request: gr.Request = None)
     return (x, y, *inspect(session, view, x, y))
 
 
+def toggle_play(playing, session, iteration):
+    """▶ starts stepping the iteration slider once per tick (from 0 if it is at the end); ⏸ stops it."""
+    if session is None or "gprune" not in session.analysis.results:
+        raise gr.Error("Run an analysis with G-Prune first: the play button steps through its iterations.")
+    if playing:
+        return False, gr.Timer(active=False), gr.Button(PLAY_LABEL), gr.skip()
+    start = 0 if iteration >= views.iteration_count(session.analysis) else gr.skip()
+    return True, gr.Timer(active=True), gr.Button(PAUSE_LABEL), start
+
+
+def play_tick(session, iteration):
+    """One animation step; at the last iteration the animation stops."""
+    last = views.iteration_count(session.analysis) if session is not None else 0
+    if iteration >= last:
+        return False, gr.Timer(active=False), gr.Button(PLAY_LABEL), gr.skip()
+    following = iteration + 1
+    stop = following >= last
+    return (not stop, gr.Timer(active=not stop), gr.Button(PLAY_LABEL if stop else PAUSE_LABEL), following)
+
+
 @shown
 def iterations_gif(session, view="grid", request: gr.Request = None):
-    """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and view)."""
+    """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and display)."""
     session, view = need_session(session, request), views.check_view(view)
-    return session.files.built(f"gprune-iterations-{view}.gif", lambda: views.iterations_gif(session, view))
+    return session.files.built(views.gif_name(session, view), lambda: views.iterations_gif(session, view))
 
 
 @shown
 def export(session, request: gr.Request = None):
-    """ZIP with every figure, the scores and kept indices, the answers and the exact configuration (made once per
-    run; a sweep adds to it)."""
+    """ZIP with slide-ready figures, the scores and kept indices, the answers and the exact configuration (made
+    once per run and colour mode; a sweep adds to it)."""
     session = need_session(session, request)
-    return session.files.built(EXPORT_NAME, lambda: views.export_zip(session))
+    return session.files.built(views.export_name(session, ".zip"), lambda: views.export_zip(session))
+
+
+def reveal():
+    """Show a component that stays hidden until it has something to show (UI only; API results stay plain)."""
+    return gr.update(visible=True)
 
 
 def parse_ratios(text) -> list[float]:
@@ -390,16 +463,17 @@ def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIO
     except ValueError as error:
         raise gr.Error(str(error)) from None
     session.stability = {"keep_ratios": ratios, "curves": curves}
-    session.files.discard(EXPORT_NAME)  # the next export includes the sweep
-    return session, views.stability_picture(session.stability, analysis.reference.answer), session.stability
+    session.files.discard(views.export_name(session, ".zip"))  # the next export includes the sweep
+    return session, views.stability_picture(session.stability, analysis), session.stability
 
 
 # ---------------------------------------------------------------------------------------------- texts
 
 BANNER_RANDOM = (
-    "⚠️ **This server runs the offline `tiny` model with random weights** (no GPU or no checkpoint available). "
-    "Its answers are meaningless; the pruning mechanics, token layout, budgets, FLOPs and timings are real. "
-    "Start it with `--model llava-hf/llava-v1.6-mistral-7b-hf` (or `GPRUNE_MODEL`) on a GPU for real answers."
+    "⚠️ **Toy model: this server runs the offline `tiny` LLaVA-NeXT with random weights** (no GPU or no checkpoint "
+    "available). Its answers, scores and timings are a toy's; the pruning mechanics, token layout and budgets are "
+    "real, and FLOPs are computed at LLaVA-NeXT-7B shapes. Figures and tables say so too. Start it with "
+    "`--model llava-hf/llava-v1.6-mistral-7b-hf` (or `GPRUNE_MODEL`) on a GPU for real answers."
 )
 
 INTRO = """# G-Prune Explorer
@@ -421,8 +495,13 @@ total never changes), it only flows towards tokens that many similar tokens poin
 **The score** after t iterations is **mass ÷ degree** (degree = number of edges), so hubs in large uniform
 regions (sky, walls, table tops), which collect mass from many look-alikes, don't win everything. G-Prune
 keeps the top ⌊ρ·576⌋ base and top ⌊ρ·rows·cols⌋ grid tokens by the final score, plus every newline. The
-slider shows what it would keep if it stopped after t iterations (t = 0: norm ÷ degree).
-**Click a cell** to inspect that token."""
+slider shows what it would keep if it stopped after t iterations (t = 0: norm ÷ degree); ▶ plays them.
+
+**Reading the pictures.** The heatmap's default colour is the **rank** of each token's score within the view
+(scores span several decades, so a linear scale would paint almost everything one colour); the ▲ on its colour
+bar is the keep cut. In the mask, **yellow** tokens entered the kept set at this iteration and **magenta**
+ones left it. **Click a cell** of either picture: the token, its graph edges (line width ∝ weight) and its
+score against the keep cut appear below."""
 
 COMPARE_TEXT = """**Same budget for everyone:** G-Prune's split, ⌊ρ·576⌋ base + ⌊ρ·rows·cols⌋ grid tokens + all
 newline tokens. **FastV and ToMe are run at that split — a deviation from their papers, for fairness**
@@ -440,14 +519,15 @@ newline tokens. **FastV and ToMe are run at that split — a deviation from thei
 - **L2-norm** keeps the largest feature norms (G-Prune's starting mass, no graph); **Random** is a seeded draw.
 
 **FLOPs** are the theoretical prefill FLOPs of the language model relative to the unpruned run (per layer
-4nd² + 2n²d + 2ndm; FastV pays K unpruned layers). **Prefill ms** is measured on this server. Answers are
-word diffs against the unpruned answer: <del style="background:#fdd;color:#900">removed</del>,
-<ins style="background:#dfd;color:#060;text-decoration:none">added</ins>."""
+4nd² + 2n²d + 2ndm; FastV pays K unpruned layers); for a random-weight toy model they are computed at
+LLaVA-NeXT-7B's shapes. **Timings** are shown only when measured (“Measure timings”): the median and spread of
+3 rounds after a warm-up. Click an answer to unfold it as a word diff against the unpruned answer:
+<del style="background:#fdd;color:#900">removed</del>, <ins style="background:#dfd;color:#060;text-decoration:none">added</ins>.
+Moving the keep-ratio slider redraws these pictures at once from the stored scores (ToMe re-merges the
+stored features); answers, FLOPs and timings stay those of the ratio that was run."""
 
-INSPECT_TEXT = """Click any cell of the heatmap, the mask or this picture (or type pixel coordinates of the
-analysed image). The **red outline** is the token; **cyan** cells are the graph neighbours that send it the
-largest share of their mass (stronger tint = larger weight). The plot is its G-Prune score after each
-iteration."""
+INSPECT_PROMPT = ("**Inspect a token:** click a cell of the heatmap, the mask or the picture beside this text. Its "
+                  "graph edges appear on the picture (line width ∝ weight) and its score against the keep cut here.")
 
 SWEEP_TEXT = """How robust is each method? For every keep ratio this scores the **unpruned model's answer**
 under the pruned prompt: log p(answer | pruned prompt), one prefill per method and ratio (no generation).
@@ -464,9 +544,14 @@ token pays them at layer K−1, so it must run K layers of the language model on
 choice depends on the question). G-Prune ranks tokens by where similarity mass accumulates in a graph of the
 visual features alone: it runs before the LLM, costs no LLM layer, and is question-agnostic."""
 
-EXPORT_TEXT = """One ZIP with every figure (PNG + iteration GIFs), `summary.json` and `tokens.npz` (scores, kept
-indices, degrees, ToMe groups, token layout; the CLI's format), `answers.json`, `config.json`, the exact input
-image and the `python -m gprune …` command that reproduces the run."""
+EXPORT_TEXT = """One ZIP named after the image, keep ratio and date with **slide-ready figures** (PNG, 1,144–1,280 px wide,
+title, legend and — for the toy model — its warning in the picture; iteration GIFs), `summary.json` and
+`tokens.npz` (scores, kept indices, degrees, ToMe groups, token layout; the CLI's format), `answers.json`,
+`config.json`, the exact input image and the `python -m gprune …` command that reproduces the run. Figures
+are drawn at the keep ratio that was run."""
+
+PLAY_LABEL, PAUSE_LABEL = "▶ Play", "⏸ Pause"
+PLAY_SECONDS = 0.9
 
 
 def example_rows() -> list[list[str]]:
@@ -488,32 +573,102 @@ def example_rows() -> list[list[str]]:
 # ------------------------------------------------------------------------------------------------- UI
 
 CSS = """
-.gprune-compare { border-collapse: collapse; width: 100%; font-size: 0.9em; table-layout: fixed; }
-.gprune-compare td, .gprune-compare th { border: 1px solid #8884; padding: 4px 6px; vertical-align: top; }
-.gprune-compare th:last-child { width: 45%; }
-.gprune-compare td, .gprune-answer { overflow-wrap: anywhere; }
-.gprune-answer { margin: 4px 0 8px 0; }
+/* Comparison table: a scrollable card on wide screens, one stacked card per method on phones. */
+.gprune-table-wrap { overflow-x: auto; max-width: 100%; }
+.gprune-compare { border-collapse: collapse; width: 100%; font-size: 0.9em; }
+.gprune-compare td, .gprune-compare th { border: 1px solid #8884; padding: 4px 6px; vertical-align: top; text-align: left; }
+.gprune-compare th { hyphens: none; word-break: normal; overflow-wrap: normal; }
+.gprune-answer-cell { min-width: 16em; overflow-wrap: anywhere; }
+.gprune-answer-fold summary { cursor: pointer; }
+.gprune-answer-fold[open] summary { color: #888; }
+.gprune-diffcount { color: #888; white-space: nowrap; }
+.gprune-same { color: #888; }
+.gprune-notes { font-size: 0.85em; margin-bottom: 6px; }
+.gprune-toy { color: #b22222; }
+/* Legends under the pictures. */
+.gprune-legend { font-size: 0.85em; line-height: 1.5; padding: 2px 2px 1.6em 2px; }
+.gprune-legend .legend-title { display: block; font-weight: 600; }
+.gprune-legend .legend-bar-row { display: flex; align-items: center; gap: 6px; }
+.gprune-legend .legend-bar { position: relative; flex: 1; height: 14px; border: 1px solid #8886; }
+.gprune-legend .legend-cut { position: absolute; top: -4px; bottom: -4px; width: 3px; margin-left: -1.5px;
+  background: #111; box-shadow: 0 0 0 1px #fff; }
+.gprune-legend .legend-cut-label { position: absolute; top: 17px; white-space: nowrap; font-size: 0.95em; }
+.gprune-legend .legend-item { display: inline-flex; align-items: center; gap: 4px; margin-right: 12px; }
+.gprune-legend .legend-swatch { display: inline-block; width: 14px; height: 14px; flex: none; }
+.figure-title p { font-weight: 600; margin: 0; }
+#compare-gallery .grid-wrap { max-height: none; }
+#compare-gallery .caption-label { display: none; }  /* each picture carries its title */
+#compare-gallery .thumbnail-item { aspect-ratio: auto; }  /* full width, not a square thumbnail */
+#compare-gallery .thumbnail-lg > img { height: auto; }
+#inspect-panel { border: 1px solid #8884; border-radius: 8px; padding: 6px; }
+/* Presentation mode (toggle or ?presentation=1): no explanations or settings, larger text and figures. */
+body.presentation .explain, body.presentation #intro, body.presentation #settings-accordion { display: none !important; }
+body.presentation .gradio-container { zoom: 1.2; }
+body.presentation #controls { flex-grow: 0 !important; min-width: 240px !important; max-width: 280px; }
+body.presentation .gprune-legend, body.presentation .gprune-compare { font-size: 1em; }
+@media (max-width: 1100px) { #compare-gallery .grid-container { grid-template-columns: 1fr 1fr !important; } }
+@media (max-width: 640px) {
+  .gprune-compare thead { display: none; }
+  .gprune-compare, .gprune-compare tbody, .gprune-compare tr, .gprune-compare td { display: block; width: auto; }
+  .gprune-compare tr { border: 1px solid #8886; border-radius: 6px; margin-bottom: 8px; padding: 4px; }
+  .gprune-compare td { border: none; padding: 2px 4px; min-width: 0; }
+  .gprune-compare td::before { content: attr(data-label) ": "; font-weight: 600; }
+  #compare-gallery .grid-container { grid-template-columns: 1fr !important; }
+  .tab-wrapper .tab-container button { padding-left: 5px; padding-right: 5px; font-size: 0.85em; }  /* all tabs fit: no "⋯" */
+}
 """
+
+# Runs in the browser: scroll an element into view unless it already is (`start`: to the top of the screen,
+# for the results after Run; `nearest`: as little as needed, so the clicked heatmap stays in sight).
+SCROLL_TO = """() => {{
+  const element = document.querySelector('{selector}');
+  if (!element) return;
+  const box = element.getBoundingClientRect();
+  const seen = box.top >= 0 && ('{block}' === 'nearest' ? box.bottom <= window.innerHeight : box.top < window.innerHeight * 0.35);
+  if (!seen) element.scrollIntoView({{behavior: 'smooth', block: '{block}'}});
+}}"""
+SCROLL_TO_RESULTS = SCROLL_TO.format(selector="#results", block="start")
+SCROLL_TO_INSPECT = SCROLL_TO.format(selector="#inspect-panel", block="nearest")
+TOGGLE_PRESENTATION = "(on) => { document.body.classList.toggle('presentation', on); }"
+PRESENTATION_FROM_URL = "() => new URLSearchParams(window.location.search).get('presentation') === '1'"
+
+
+def figure(picture_id: str, title: str, **options) -> tuple[gr.Image, gr.HTML]:
+    """A clickable picture with its title above and its HTML legend below (no floating label over it)."""
+    gr.Markdown(title, elem_classes=["figure-title"])
+    picture = gr.Image(show_label=False, interactive=False, elem_id=picture_id, format="jpeg",
+                       buttons=["download", "fullscreen"], **options)
+    return picture, gr.HTML(elem_id=f"{picture_id}-legend")
 
 
 def build_demo() -> gr.Blocks:
     method_choices = [(METHOD_LABELS[m], m) for m in METHODS]
     with GuardedBlocks(title="G-Prune Explorer", delete_cache=(3600, 3600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
-        gr.Markdown(INTRO)
+        playing = gr.State(False)
+        gr.Markdown(INTRO, elem_id="intro")
         if LOADED.random_weights:
             gr.Markdown(BANNER_RANDOM, elem_id="random-weights-banner")
         else:
             gr.Markdown(f"Model: `{LOADED.name}` on {LOADED.device} in {str(LOADED.dtype).removeprefix('torch.')}.")
         with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                image = ImageUpload(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                    elem_id="input-image", height=300)
-                question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, max_length=MAX_QUESTION_CHARS, lines=2)
-                keep_ratio = Setting(0.01, 1.0, value=0.5, step=0.01, label="Keep ratio ρ",
-                                     info="fraction of base and of grid tokens kept (newlines always kept)")
+            with gr.Column(scale=1, min_width=300, elem_id="controls"):
+                image = ImageUpload(label="Image", show_label=False, type="filepath", image_mode=None,
+                                    sources=["upload", "clipboard"], elem_id="input-image", height=260)
+                question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, max_length=MAX_QUESTION_CHARS, lines=2,
+                                      render=False)
+                examples = example_rows()
+                if examples:  # right under the image, as thumbnails: above the fold on a laptop
+                    gr.Examples(examples, inputs=[image, question], visible_columns=[0],
+                                label="Examples: click one (it sets the question too), then Run", elem_id="examples")
+                question.render()
+                keep_ratio = Setting(0.01, 1.0, value=0.5, step=0.01, label="Keep ratio ρ", elem_id="keep-ratio",
+                                     info="fraction of base and of grid tokens kept (newlines always kept); after a "
+                                          "Run, moving it redraws the masks at once")
                 methods = MethodChoice(method_choices, value=list(METHODS), label="Methods")
-                with gr.Accordion("G-Prune, FastV and generation settings", open=False):
+                measure_timings = gr.Checkbox(False, label=f"Measure timings (1 warm-up + {TIMING_ROUNDS} rounds per "
+                                                           "method; slower)", elem_id="measure-timings")
+                with gr.Accordion("G-Prune, FastV and generation settings", open=False, elem_id="settings-accordion"):
                     threshold = Setting(-1.0, 1.0, value=0.5, step=0.01, label="G-Prune threshold s",
                                         info="edge if cosine similarity ≥ s")
                     temperature = Setting(0.001, 1.0, value=0.03, step=0.001, label="G-Prune temperature τ",
@@ -528,98 +683,132 @@ def build_demo() -> gr.Blocks:
                         info=f"LLaVA's: “{LLAVA_SYSTEM_TEXT}”" if NO_LLAVA_SYSTEM is None else NO_LLAVA_SYSTEM,
                     )
                 run = gr.Button("Run", variant="primary", elem_id="run-button")
-                examples = example_rows()
-                if examples:
-                    gr.Examples(examples, inputs=[image, question], label="Examples (click one, then Run)")
-            with gr.Column(scale=2):
+                presentation = gr.Checkbox(False, label="Presentation mode (bigger, no explanations; or ?presentation=1)",
+                                           elem_id="presentation-toggle")
+            with gr.Column(scale=2, elem_id="results"):
                 status = gr.Markdown("No analysis yet.", elem_id="status")
-                view = gr.Radio([("High-resolution grid", "grid"), ("Base view (24×24)", "base")], value="grid",
-                                label="View", info="which of the two token sets to draw (newlines are never drawn)")
+                notice = gr.Markdown(elem_id="ratio-notice")
+                with gr.Row():
+                    view = gr.Radio([("High-resolution grid", "grid"), ("Base view (24×24)", "base")], value="grid",
+                                    label="View (newline tokens are never drawn)", min_width=200)
+                    colour_mode = gr.Radio([("Rank", "rank"), ("Log", "log"), ("Linear", "linear")], value="rank",
+                                           label="Heatmap colour", elem_id="colour-mode", min_width=200)
                 with gr.Tabs():
                     with gr.Tab("Iterations"):
-                        # Maximum = the largest I the form allows, so API clients can step any run; a run narrows it.
-                        iteration = Setting(0, MAX_UI_ITERATIONS, value=5, step=1, label="Iteration t", interactive=False,
-                                            elem_id="iteration-slider")
                         with gr.Row():
-                            heatmap = gr.Image(label="G-Prune score after iteration t", interactive=False,
-                                               elem_id="heatmap", format="jpeg", buttons=["download", "fullscreen"])
-                            mask = gr.Image(label="Kept (bright) / dropped (dimmed) after iteration t",
-                                            interactive=False, elem_id="mask", format="jpeg", buttons=["download", "fullscreen"])
-                        caption = gr.Markdown(label="Caption", elem_id="iteration-caption")
+                            # Maximum = the largest I the form allows, so API clients can step any run; a run narrows it.
+                            iteration = Setting(0, MAX_UI_ITERATIONS, value=5, step=1, label="Iteration t",
+                                                interactive=False, elem_id="iteration-slider", scale=4)
+                            play = gr.Button(PLAY_LABEL, elem_id="play-button", scale=0, min_width=110)
+                        timer = gr.Timer(PLAY_SECONDS, active=False)
+                        with gr.Row():
+                            with gr.Column(min_width=280):
+                                heatmap, heatmap_legend = figure("heatmap", "G-Prune score after iteration t")
+                            with gr.Column(min_width=280):
+                                mask, mask_legend = figure("mask", "Kept / dropped after iteration t")
+                        caption = gr.Markdown(elem_id="iteration-caption")
+                        with gr.Row(elem_id="inspect-panel"):
+                            with gr.Column(min_width=240):
+                                highlight = gr.Image(show_label=False, interactive=False, elem_id="highlight",
+                                                     format="jpeg", buttons=["download", "fullscreen"])
+                            with gr.Column(min_width=240):
+                                token_info = gr.Markdown(INSPECT_PROMPT, elem_id="token-info")
+                            with gr.Column(min_width=240):
+                                trace = gr.Image(show_label=False, interactive=False, elem_id="trace", visible=False,
+                                                 buttons=["download", "fullscreen"])
+                                with gr.Accordion("Inspect by pixel coordinates", open=False):
+                                    with gr.Row():
+                                        x = gr.Number(label="x (pixels of the analysed image)", value=0, min_width=120)
+                                        y = gr.Number(label="y (pixels)", value=0, min_width=120)
+                                    inspect_button = gr.Button("Inspect", size="sm")
                         with gr.Row():
                             gif_button = gr.Button("Make GIF of all iterations", size="sm")
-                            gif_file = gr.File(label="Iterations GIF", height=60)
-                        gr.Markdown(ITERATIONS_TEXT)
-                    with gr.Tab("Compare methods"):
-                        answers = gr.HTML(label="Answers and costs", elem_id="answers")
-                        gallery = gr.Gallery(label="Each method's kept tokens at the same budget", columns=3, format="jpeg",
-                                             height="auto", object_fit="contain", elem_id="compare-gallery")
+                            gif_file = gr.File(label="Iterations GIF", visible=False, elem_id="gif-file")
+                        gr.Markdown(ITERATIONS_TEXT, elem_classes=["explain"])
+                    with gr.Tab("Compare"):
+                        gallery = gr.Gallery(show_label=False, columns=3, format="jpeg", height="auto",
+                                             buttons=["download", "fullscreen"],  # no "download all" over a title
+                                             object_fit="contain", elem_id="compare-gallery")
+                        gr.HTML(viz.legend_html(views.gallery_legend()))
+                        answers = gr.HTML(elem_id="answers")
                         with gr.Row():
                             pair_choices = [(METHOD_LABELS["unpruned"], "unpruned"), *method_choices]
                             method_a = gr.Dropdown(pair_choices, value="gprune", label="Kept by A (orange)…")
                             method_b = gr.Dropdown(pair_choices, value="fastv", label="…but not by B (blue)")
-                        difference_image = gr.Image(label="A-only / B-only tokens", interactive=False, format="jpeg", height=420)
-                        difference_counts = gr.Markdown(label="Counts")
-                        gr.Markdown(COMPARE_TEXT)
-                    with gr.Tab("Inspect a token"):
-                        gr.Markdown(INSPECT_TEXT)
-                        with gr.Row():
-                            x = gr.Number(label="x (pixels of the analysed image)", value=0)
-                            y = gr.Number(label="y (pixels)", value=0)
-                            inspect_button = gr.Button("Inspect", size="sm")
-                        with gr.Row():
-                            highlight = gr.Image(label="Token (red) and its strongest neighbours (cyan)",
-                                                 interactive=False, elem_id="highlight", format="jpeg")
-                            trace = gr.Image(label="Score across iterations", interactive=False)
-                        token_info = gr.Markdown("Click a cell of the heatmap or the mask to inspect that token.", label="Token")
-                    with gr.Tab("Keep-ratio sweep"):
-                        gr.Markdown(SWEEP_TEXT)
+                        difference_image = gr.Image(show_label=False, interactive=False, format="jpeg",
+                                                    elem_id="difference", buttons=["download", "fullscreen"])
+                        difference_counts = gr.Markdown()
+                        gr.Markdown(COMPARE_TEXT, elem_classes=["explain"])
+                    with gr.Tab("Sweep"):
+                        gr.Markdown(SWEEP_TEXT, elem_classes=["explain"])
                         ratios = gr.Textbox(", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), label="Keep ratios")
                         sweep_button = gr.Button("Run sweep")
-                        stability_plot = gr.Image(label="Answer stability", interactive=False, elem_id="stability-plot")
-                        stability_json = gr.JSON(label="log p(unpruned answer) per method and keep ratio")
-                    with gr.Tab("Learn: graph & scores"):
-                        facts = gr.Markdown(label="Graph facts")
+                        stability_plot = gr.Image(show_label=False, interactive=False, elem_id="stability-plot",
+                                                  buttons=["download", "fullscreen"])
+                        with gr.Accordion("The numbers (JSON)", open=False):
+                            stability_json = gr.JSON(label="log p(unpruned answer) per method and keep ratio")
+                    with gr.Tab("Learn"):
+                        facts = gr.Markdown()
                         with gr.Row():
-                            similarity_plot = gr.Image(label="Similarity distribution (threshold dashed)", interactive=False)
-                            score_plot = gr.Image(label="Score distribution at iteration t (top-k cut dashed)", interactive=False)
-                        gr.Markdown(LEARN_TEXT)
+                            similarity_plot = gr.Image(show_label=False, interactive=False, elem_id="similarity-plot",
+                                                       buttons=["download", "fullscreen"], min_width=280)
+                            score_plot = gr.Image(show_label=False, interactive=False, elem_id="score-plot",
+                                                  buttons=["download", "fullscreen"], min_width=280)
+                        gr.Markdown(LEARN_TEXT, elem_classes=["explain"])
                     with gr.Tab("Export"):
-                        gr.Markdown(EXPORT_TEXT)
+                        gr.Markdown(EXPORT_TEXT, elem_classes=["explain"])
                         export_button = gr.Button("Build ZIP")
-                        export_file = gr.File(label="Export")
-                    with gr.Tab("Summary (JSON)"):
+                        export_file = gr.File(label="Export", visible=False, elem_id="export-file")
+                    with gr.Tab("JSON"):
                         summary = gr.JSON(label="Analysis summary")
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)
+        redraw = dict(trigger_mode="always_last", show_progress="hidden", **cpu_queue)
+        legends = [heatmap_legend, mask_legend]
         run.click(
             analyze_image,
             [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens, view,
-             system_prompt],
+             system_prompt, measure_timings],
             [session, heatmap, mask, gallery, answers, summary], api_name="analyze", **gpu_queue,
         ).success(
-            after_analyze, [session, view],
-            [iteration, caption, method_a, method_b, difference_image, difference_counts, similarity_plot, score_plot,
-             facts, highlight, trace, token_info, status],
+            after_analyze, [session, view, colour_mode],
+            [iteration, heatmap, caption, *legends, method_a, method_b, difference_image, difference_counts,
+             similarity_plot, score_plot, facts, highlight, trace, token_info, status, notice, gif_file],
             api_visibility="private", **cpu_queue,
-        )
-        iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step",
-                         trigger_mode="always_last", show_progress="hidden", **cpu_queue
-                         ).success(step_score, [session, view, iteration], score_plot, api_visibility="private",
-                                   trigger_mode="always_last", show_progress="hidden", **cpu_queue)
+        ).then(None, js=SCROLL_TO_RESULTS)
+        # Two listeners, each "always_last" (never two at once, the latest value last), so the legends can never
+        # be left showing an older iteration than the pictures, as a chained event finishing late could.
+        iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step", **redraw)
+        iteration.change(step_details, [session, view, iteration], [*legends, score_plot], api_visibility="private",
+                         **redraw)
+        play.click(toggle_play, [playing, session, iteration], [playing, timer, play, iteration], api_visibility="private")
+        timer.tick(play_tick, [session, iteration], [playing, timer, play, iteration], api_visibility="private",
+                   show_progress="hidden")
+        keep_ratio.input(change_keep_ratio, [session, view, iteration, keep_ratio, method_a, method_b],
+                         [mask, caption, *legends, gallery, difference_image, difference_counts, score_plot, notice],
+                         api_visibility="private", **redraw)
+        colour_mode.input(change_colour, [session, view, iteration, colour_mode], [heatmap, heatmap_legend],
+                          api_visibility="private", **redraw)
         view.input(change_view, [session, view, iteration, method_a, method_b],
-                   [heatmap, mask, caption, gallery, difference_image, difference_counts, similarity_plot, score_plot, facts],
-                   api_visibility="private", **cpu_queue)
+                   [heatmap, mask, caption, *legends, gallery, difference_image, difference_counts, similarity_plot,
+                    score_plot, facts], api_visibility="private", **cpu_queue)
         gr.on([method_a.input, method_b.input], difference, [session, method_a, method_b, view],
               [difference_image, difference_counts], api_name="difference", **cpu_queue)
         for picture in (heatmap, mask, highlight):
             picture.select(inspect_click, [session, view], [x, y, highlight, trace, token_info],
-                           api_visibility="private", **cpu_queue)
-        inspect_button.click(inspect, [session, view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue)
-        gif_button.click(iterations_gif, [session, view], gif_file, api_name="gif", **cpu_queue)
-        export_button.click(export, [session], export_file, api_name="export", **cpu_queue)
+                           api_visibility="private", **cpu_queue
+                           ).success(reveal, None, trace, api_visibility="private", queue=False
+                                     ).success(None, js=SCROLL_TO_INSPECT)
+        inspect_button.click(inspect, [session, view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue
+                             ).success(reveal, None, trace, api_visibility="private", queue=False)
+        gif_button.click(iterations_gif, [session, view], gif_file, api_name="gif", **cpu_queue
+                         ).success(reveal, None, gif_file, api_visibility="private", queue=False)
+        export_button.click(export, [session], export_file, api_name="export", **cpu_queue
+                            ).success(reveal, None, export_file, api_visibility="private", queue=False)
         sweep_button.click(sweep, [session, ratios], [session, stability_plot, stability_json], api_name="sweep", **gpu_queue)
+        presentation.change(None, presentation, js=TOGGLE_PRESENTATION)
+        demo.load(None, None, presentation, js=PRESENTATION_FROM_URL)
     return demo
 
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -46,6 +47,14 @@ def no_stub_files():
             component_meta.create_or_modify_pyi = original
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image as the handlers get it: the file's bytes and the name the client gave it."""
+
+    data: bytes
+    name: str
+
+
 def uploaded_file(path) -> Path:
     """`path` resolved (symlinks, `..`) if it is a file Gradio received as an upload (or cached as an example):
     inside its upload and cache folder. Anything else, existing or not, gets `NOT_AN_UPLOAD`."""
@@ -68,7 +77,7 @@ def data_url_bytes(url: str) -> bytes:
 with no_stub_files():
 
     class ImageUpload(gr.Image):
-        """`gr.Image` (same front end) that hands the handler the uploaded file's bytes, for `gprune.images`.
+        """`gr.Image` (same front end) that hands the handler an `Upload` (the file's bytes), for `gprune.images`.
 
         Gradio's own preprocessing opens the file with PIL (any of its formats) and, for a payload without
         `meta` (which Gradio does not treat as a file), returns whatever path the client wrote; here only an
@@ -82,10 +91,11 @@ with no_stub_files():
         def preprocess(self, payload):
             if payload is None or (payload.path is None and payload.url is None):
                 return None
+            name = payload.orig_name or "image"  # client-chosen: only ever used, sanitised, in download names
             if payload.url and payload.url.startswith("data:"):
-                return data_url_bytes(payload.url)
+                return Upload(data_url_bytes(payload.url), name)
             try:  # read here, so that no path, and no message about one, reaches the decoder
-                return uploaded_file(payload.path).read_bytes()
+                return Upload(uploaded_file(payload.path).read_bytes(), name)
             except OSError:
                 raise gr.Error(NOT_AN_UPLOAD) from None
 

@@ -8,7 +8,7 @@ stock transformers `generate`.
 
 from .analysis import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, run_grid, run_method
 from .baselines import l2norm_select, random_select
-from .flops import layer_flops, prefill_flops
+from .flops import LLAVA_NEXT_7B, LanguageModelShape, layer_flops, prefill_flops, prefill_flops_ratio
 from .graph import gprune_keep, gprune_scores, gprune_select
 from .layout import KIND_BASE, KIND_GRID, KIND_NEWLINE, TokenLayout, token_layout
 from .loading import LoadedModel, load_model
@@ -21,7 +21,8 @@ from .tome import tome_select
 
 __all__ = [
     "METHODS", "METHOD_LABELS", "Analysis", "AnalysisConfig", "analyze", "answer_stability", "run_grid", "run_method",
-    "l2norm_select", "random_select", "layer_flops", "prefill_flops", "gprune_keep", "gprune_scores",
+    "l2norm_select", "random_select", "LLAVA_NEXT_7B", "LanguageModelShape", "layer_flops", "prefill_flops",
+    "prefill_flops_ratio", "gprune_keep", "gprune_scores",
     "gprune_select", "KIND_BASE", "KIND_GRID", "KIND_NEWLINE", "TokenLayout", "token_layout",
     "LoadedModel", "load_model", "block_positions", "keep_top_per_view", "token_budget", "EncodedPrompt",
     "encode", "PruneResult", "Selection", "Timing", "tome_select", "patch", "unpatch", "selections",

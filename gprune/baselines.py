@@ -23,10 +23,15 @@ def l2norm_select(packed_features: torch.Tensor, rows: int, cols: int, keep_rati
 
 
 def random_select(n_tokens: int, rows: int, cols: int, keep_ratio: float, *, seed: int = 0, base_tokens: int = BASE_TOKENS) -> Selection:
-    """Keep a uniformly random set of base and grid tokens, reproducible from `seed`."""
+    """Keep a uniformly random set of base and grid tokens, reproducible from `seed`.
+
+    The draws are returned as float64 `scores` (the top draws are kept), so a viewer can redraw the selection
+    at another keep ratio exactly as this function would make it.
+    """
     start = time.perf_counter()
     check_block(n_tokens, rows, cols, base_tokens)
     generator = torch.Generator().manual_seed(seed)
     random_scores = torch.rand(n_tokens, generator=generator, dtype=torch.float64)
     kept_positions = keep_top_per_view(random_scores, rows, cols, keep_ratio, base_tokens)
-    return Selection(kept_positions=kept_positions.numpy(), seconds=time.perf_counter() - start)
+    return Selection(kept_positions=kept_positions.numpy(), scores=random_scores[None].numpy(),
+                     seconds=time.perf_counter() - start)

@@ -18,7 +18,7 @@ class Selection:
             `[base | rows × (cols + 1)]`; newline positions are always included.
         scores: `(steps, n)` float32 per-token scores over the packed block (NaN where a method gives
             a token no score, e.g. newlines in G-Prune); `steps = iterations + 1` for G-Prune, else 1.
-            `None` for methods without scores (random).
+            Random's are its float64 draws. `None` for methods without scores (ToMe, the unpruned run).
         groups: for merging methods (ToMe), one int64 array per kept token (same order as
             `kept_positions`) listing the packed positions that token stands for.
         merged_features: `(k, d)` features to feed instead of the originals (ToMe), else `None`.

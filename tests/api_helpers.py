@@ -12,7 +12,7 @@ from PIL import Image
 QUESTION = "What is in the image?"
 # Quick settings for cases where they don't matter: one method, 3 iterations, 2 new tokens.
 QUICK = dict(keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=3, fastv_layer=1, methods=["gprune"],
-             max_new_tokens=2, view="grid", system_prompt="template")
+             max_new_tokens=2, view="grid", system_prompt="template", measure_timings=False)
 
 
 def encoded(image: Image.Image, fmt: str, **params) -> bytes:

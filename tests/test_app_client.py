@@ -56,7 +56,8 @@ def test_analyze_returns_pictures_and_summary(analysed):
     with Image.open(heatmap) as picture:
         assert picture.size == (640, 480)
     assert len(gallery) == 5 and gallery[2]["caption"].startswith("ToMe")
-    assert "Unpruned answer" in answers_html and "G-Prune" in answers_html
+    assert "<b>Unpruned</b>" in answers_html and "<b>G-Prune</b>" in answers_html
+    assert "FLOPs at LLaVA-NeXT-7B shapes" in answers_html and "not measured" in answers_html  # the toy model
 
 
 def test_step_redraws_from_stored_scores(analysed):
@@ -100,12 +101,21 @@ def test_export_zip(analysed):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         assert {"summary.json", "tokens.npz", "config.json", "answers.json", "input.png"} <= set(names)
-        # Per view: G-Prune scores, kept mask, score and similarity histograms, 5 method panels; + input.png.
+        # Per view: G-Prune's scores and kept mask, score and similarity histograms, 5 method slides; + input.png.
         assert sum(name.endswith(".png") for name in names) == 2 * (4 + 5) + 1
         summary = json.loads(archive.read("summary.json"))
         assert summary["config"]["keep_ratio"] == 0.25 and summary["image_size"] == [640, 480]
         with np.load(io.BytesIO(archive.read("tokens.npz"))) as arrays:
             assert arrays["gprune_scores"].shape[0] == 4
+
+
+def test_measure_timings_asks_for_timing_rounds(app_server, image_files):
+    client = Client(app_server, verbose=False)
+    summary = analyze(client, image_files["tall"], methods=["l2norm"], measure_timings=True)[4]
+    assert summary["config"]["timing_rounds"] == 3
+    assert analyze(client, image_files["tall"], methods=["l2norm"])[4]["config"]["timing_rounds"] == 0
+    with pytest.raises(Exception, match="Measure timings must be true or false"):
+        analyze(client, image_files["tall"], methods=["l2norm"], measure_timings="yes")
 
 
 def test_sweep(analysed):

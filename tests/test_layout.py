@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gprune import KIND_BASE, KIND_GRID, KIND_NEWLINE, block_positions, layer_flops, prefill_flops, token_budget, token_layout
+from gprune import (
+    KIND_BASE, KIND_GRID, KIND_NEWLINE, LLAVA_NEXT_7B, block_positions, layer_flops, prefill_flops, prefill_flops_ratio,
+    token_budget, token_layout,
+)
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -68,3 +71,15 @@ def test_flops_formula():
     assert prefill_flops(100, 50, hidden=64, ffn=128, layers=4) < full
     with pytest.raises(ValueError, match="prune_layer"):
         prefill_flops(100, 50, hidden=64, ffn=128, layers=4, prune_layer=5)
+
+
+def test_flops_ratio_at_llava_next_7b_shapes():
+    """METHOD.md §5: Mistral-7B d = 4096, m = 14336, L = 32. A 512×512 image with a short question is 2,953
+    prompt tokens; keep 0.25 leaves 793 (the toy model's own shapes give 8.8 % and 54.4 % instead)."""
+    assert (LLAVA_NEXT_7B.hidden, LLAVA_NEXT_7B.ffn, LLAVA_NEXT_7B.layers) == (4096, 14336, 32)
+    assert prefill_flops_ratio(2953, 793, LLAVA_NEXT_7B) == pytest.approx(0.2458, abs=5e-4)
+    assert prefill_flops_ratio(2953, 793, LLAVA_NEXT_7B, prune_layer=2) == pytest.approx(0.2929, abs=5e-4)
+    assert prefill_flops_ratio(2953, 2953, LLAVA_NEXT_7B, prune_layer=2) == 1.0
+    shape = dict(hidden=4096, ffn=14336, layers=32)
+    assert prefill_flops_ratio(100, 40, LLAVA_NEXT_7B, 3) == pytest.approx(
+        prefill_flops(100, 40, prune_layer=3, **shape) / prefill_flops(100, 100, **shape))

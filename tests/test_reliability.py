@@ -261,9 +261,9 @@ def test_calls_with_missing_inputs_name_them(app_server, client, small_png):
     image = raw_upload(app_server, small_png)
     event, data = raw_call(app_server, "analyze", [image, QUESTION, 0.5])
     assert event == "error" and data["error"] == (
-        "/analyze takes 11 inputs (image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, "
-        "methods, max_new_tokens, view, system_prompt); got 3. Send all of them, in that order (gradio_client fills "
-        "in defaults).")
+        "/analyze takes 12 inputs (image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, "
+        "methods, max_new_tokens, view, system_prompt, measure_timings); got 3. Send all of them, in that order "
+        "(gradio_client fills in defaults).")
     event, data = raw_call(app_server, "step", ["grid"])
     assert event == "error" and data["error"].startswith("/step takes 2 inputs (view, iteration); got 1.")
     assert_serving(client, small_png)
@@ -438,7 +438,7 @@ def test_rejected_setting(client, small_png, settings, message):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
 def test_non_finite_keep_ratio_sent_as_raw_json(app_server, client, small_png, value):
     image = raw_upload(app_server, small_png)
-    event, data = raw_call(app_server, "analyze", [image, QUESTION, value, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template"])
+    event, data = raw_call(app_server, "analyze", [image, QUESTION, value, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template", False])
     assert event == "error"
     assert data["error"] == f"Keep ratio ρ must be a number from 0.01 to 1; got {value!r}."
     assert_serving(client, small_png)

@@ -127,7 +127,7 @@ SERVER_PATHS = [  # existing and missing files, images and not, relative, a fold
     "../../etc/passwd", "assets/astronaut.jpg", str(ROOT / "assets"), "/proc/self/environ", "/etc/passwd\x00.png",
     "https://example.com/picture.png", "file:///etc/passwd",
 ]
-QUICK_ARGS = [QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template"]
+QUICK_ARGS = [QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template", False]
 
 
 @pytest.mark.parametrize("meta", [True, False], ids=["with-meta", "without-meta"])
@@ -195,7 +195,8 @@ def test_no_endpoint_takes_a_model_id(app_server):
                  for kind in ("named_endpoints", "unnamed_endpoints") for endpoint, spec in endpoints[kind].items()}
         assert set(names) == {"/analyze", "/step", "/difference", "/inspect", "/gif", "/export", "/sweep"}
         assert names["/analyze"] == ["image", "question", "keep_ratio", "threshold", "temperature", "iterations",
-                                     "fastv_layer", "methods", "max_new_tokens", "view", "system_prompt"]
+                                     "fastv_layer", "methods", "max_new_tokens", "view", "system_prompt",
+                                     "measure_timings"]
         assert not [name for params in names.values() for name in params if MODEL_LIKE.search(name)], names
 
 
@@ -206,7 +207,7 @@ def test_extra_arguments_do_not_change_the_model(app_server, small_png):
     hub_id = "llava-hf/llava-v1.6-mistral-7b-hf"
     uploaded = raw_upload(app_server, small_png)
     event, data = raw_call(app_server, "analyze",
-                           [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template", hub_id,
+                           [uploaded, QUESTION, 0.5, 0.5, 0.03, 3, 1, ["gprune"], 2, "grid", "template", False, hub_id,
                             {"model": hub_id}])
     assert event == "complete"
     assert data[-1]["model"] == "tiny" and data[-1]["random_weights"] is True

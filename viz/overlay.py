@@ -8,20 +8,21 @@ Pixels no token covers are left as they are. Colours are computed per token and 
 
 from __future__ import annotations
 
-import unicodedata
-
 import cv2
 import matplotlib
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 
-from .tokenmap import paint_tokens, tokens_shown
+from .tokenmap import paint_tokens, token_centres, tokens_shown
 
-OUTLINE_RGB = (80, 255, 120)
+KEPT_OUTLINE_RGB = (255, 255, 255)
+ENTERED_RGB = (255, 214, 0)  # kept now, dropped one step before (yellow)
+LEFT_RGB = (230, 0, 210)  # dropped now, kept one step before (magenta)
 GROUP_BORDER_RGB = (255, 255, 255)
 A_ONLY_RGB = (255, 140, 0)  # orange / blue: distinguishable with the common colour-vision deficiencies
 B_ONLY_RGB = (0, 150, 255)
 NEIGHBOUR_RGB = (0, 220, 255)
+EDGE_RGB = (0, 235, 255)
 FOCUS_RGB = (255, 40, 40)
 GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
 
@@ -67,23 +68,41 @@ def heatmap_overlay(
 
 
 def mask_overlay(
-    image: np.ndarray, index_map: np.ndarray, kept: np.ndarray, *, dim: float = 0.25, outline: bool = True
+    image: np.ndarray, index_map: np.ndarray, kept: np.ndarray, *, dim: float = 0.25, outline: bool = True,
+    previous: np.ndarray | None = None, alpha: float = 0.6,
 ) -> np.ndarray:
     """Show kept tokens as they are and dropped tokens darkened and desaturated.
 
     Args:
         kept: `(n,)` bool per token position.
         dim: brightness left to dropped tokens, in [0, 1] (0 is black).
-        outline: draw a thin line around every kept cell, so single kept cells stand out.
+        outline: draw a thin white line around kept cells, so single kept cells stand out.
+        previous: `(n,)` bool, the kept set one step before: tokens that entered it are tinted yellow
+            (`ENTERED_RGB`), tokens that left it magenta (`LEFT_RGB`, over the darkened picture), at `alpha`.
     """
     _check_image(image, index_map)
     _check_fraction(dim, "dim")
+    _check_fraction(alpha, "alpha")
     kept = _per_token(kept, "kept", bool)
     kept_pixels = paint_tokens(index_map, kept, False)
     dropped_pixels = paint_tokens(index_map, ~kept, False)
     out = _select(dropped_pixels, _dimmed(image, dim), image)
+    if previous is not None:
+        previous = _per_token(previous, "previous", bool)
+        if previous.shape != kept.shape:
+            raise ValueError(f"previous must have the shape of kept, got {previous.shape} and {kept.shape}")
+        token_rgb = np.zeros((len(kept), 3), np.uint8)
+        token_rgb[kept & ~previous] = ENTERED_RGB
+        token_rgb[previous & ~kept] = LEFT_RGB
+        changed_pixels = paint_tokens(index_map, kept != previous, False)
+        colour_pixels = paint_tokens(index_map, token_rgb, 0)
+        out = _blend_where(out, changed_pixels, colour_pixels, alpha)
     if outline:
-        _draw_edges(out, _label_edges(index_map, touching=kept_pixels), OUTLINE_RGB, strength=0.6)
+        _draw_edges(out, _label_edges(index_map, touching=kept_pixels), KEPT_OUTLINE_RGB, strength=0.5)
+    if previous is not None:  # changed cells framed in their full colour, drawn last so they stay visible
+        frame = _label_edges(index_map, touching=changed_pixels) & changed_pixels
+        frame |= cv2.dilate(frame.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(bool) & changed_pixels
+        out[frame] = colour_pixels[frame]
     return out
 
 
@@ -105,13 +124,18 @@ def groups_overlay(image: np.ndarray, index_map: np.ndarray, group_of: np.ndarra
         raise ValueError(f"group_of must be integer, got {group_of.dtype}")
     ids, sizes = np.unique(group_of[group_of >= 0], return_counts=True)
     label = np.where(np.isin(group_of, ids[sizes > 1]), group_of, -1)
-    hue = (label * GOLDEN_RATIO_CONJUGATE) % 1.0
-    hsv = np.stack([hue, np.full_like(hue, 0.75), np.full_like(hue, 0.95)], -1)
-    token_rgb = (hsv_to_rgb(hsv) * 255).round().astype(np.uint8)
+    token_rgb = group_colours(label)
     label_pixels = paint_tokens(index_map, label, -1)
     out = _blend_where(image, label_pixels >= 0, paint_tokens(index_map, token_rgb, 0), alpha)
     _draw_edges(out, _label_edges(label_pixels), GROUP_BORDER_RGB, strength=0.9)
     return out
+
+
+def group_colours(group_ids: np.ndarray) -> np.ndarray:
+    """`(m, 3)` uint8 colour of each group id: golden-ratio hue steps, so nearby ids get distinct hues."""
+    hue = (np.asarray(group_ids) * GOLDEN_RATIO_CONJUGATE) % 1.0
+    hsv = np.stack([hue, np.full_like(hue, 0.75, dtype=np.float64), np.full_like(hue, 0.95, dtype=np.float64)], -1)
+    return (hsv_to_rgb(hsv) * 255).round().astype(np.uint8)
 
 
 def difference_overlay(
@@ -151,14 +175,16 @@ def difference_overlay(
 
 
 def highlight_tokens(
-    image: np.ndarray, index_map: np.ndarray, focus: int, neighbors: np.ndarray, weights: np.ndarray
+    image: np.ndarray, index_map: np.ndarray, focus: int, neighbors: np.ndarray, weights: np.ndarray,
+    *, max_line_width: int | None = None,
 ) -> np.ndarray:
-    """Outline the `focus` token strongly and tint its neighbours with intensity proportional to their weight.
+    """Outline the `focus` token, tint its neighbours and draw its graph edges, line width ∝ edge weight.
 
     Args:
         focus: token position of the selected token (drawn only if this view shows it).
         neighbors: `(m,)` int token positions; -1 entries (padding) are ignored.
-        weights: `(m,)` float edge weights; negative weights count as 0, the largest gets the full tint.
+        weights: `(m,)` float edge weights; negative weights count as 0, the largest gets the full tint and
+            the widest line (`max_line_width`, by default 1/80 of the shorter image side, at least 3 px).
     """
     _check_image(image, index_map)
     if isinstance(focus, bool) or not isinstance(focus, (int, np.integer)) or focus < 0:
@@ -176,7 +202,7 @@ def highlight_tokens(
     if strength.size and strength.max() > 0:
         strength = strength / strength.max()
     token_alpha = np.zeros(n_tokens, np.float32)
-    np.maximum.at(token_alpha, neighbors[valid], 0.75 * strength.astype(np.float32))
+    np.maximum.at(token_alpha, neighbors[valid], 0.6 * strength.astype(np.float32))
     pixel_alpha = paint_tokens(index_map, token_alpha, 0.0)
     tint = np.empty_like(image)
     tint[:] = NEIGHBOUR_RGB
@@ -184,49 +210,20 @@ def highlight_tokens(
 
     focus_pixels = (index_map == focus).astype(np.uint8)
     if focus_pixels.any():
+        widest = max_line_width or max(3, round(min(index_map.shape) / 80))
+        centres = token_centres(index_map, np.concatenate([[focus], neighbors[valid]]))
+        start = tuple(int(v) for v in np.round(centres[0]))
+        for end, share in zip(centres[1:], strength):
+            if share > 0 and np.isfinite(end).all():
+                width = max(1, round(widest * share))
+                end = tuple(int(v) for v in np.round(end))
+                cv2.line(out, start, end, (0, 0, 0), width + 2, cv2.LINE_AA)  # dark rim: visible on light areas
+                cv2.line(out, start, end, EDGE_RGB, width, cv2.LINE_AA)
         thickness = max(2, round(min(index_map.shape) / 300))
         kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
         ring = cv2.dilate(focus_pixels, kernel).astype(bool) & ~focus_pixels.astype(bool)
         out[ring] = FOCUS_RGB
     return out
-
-
-def draw_label(image: np.ndarray, text: str) -> np.ndarray:
-    """Write `text` on a dark banner across the top of the image (same size, so pixel coordinates still match).
-
-    OpenCV's Hershey fonts are ASCII-only, so typographic characters are transliterated (`·` → `|`, `×` → `x`).
-    The font scales with the image width and shrinks further if the text would not fit.
-    """
-    _check_rgb(image)
-    if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
-    text = _ascii(text)
-    height, width = image.shape[:2]
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = min(max(width / 1100, 0.35), 1.2)
-    pad = max(2, round(6 * scale))
-    (text_width, _), _ = cv2.getTextSize(text, font, scale, 1)
-    if text_width > width - 2 * pad:
-        scale *= (width - 2 * pad) / max(text_width, 1)
-    thickness = max(1, round(1.6 * scale))
-    (_, text_height), baseline = cv2.getTextSize(text, font, scale, thickness)
-    banner_height = min(height, text_height + baseline + 2 * pad)
-
-    out = image.copy()
-    out[:banner_height] = (out[:banner_height] * 0.35).astype(np.uint8)
-    cv2.putText(out, text, (pad, pad + text_height), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
-    return out
-
-
-_TRANSLITERATION = str.maketrans(
-    {"·": "|", "•": "|", "×": "x", "–": "-", "—": "-", "−": "-", "≥": ">=", "≤": "<=", "→": "->", "…": "...",
-     "‘": "'", "’": "'", "“": '"', "”": '"', "≈": "~", "±": "+/-"}
-)
-
-
-def _ascii(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.translate(_TRANSLITERATION))
-    return "".join(c if c.isascii() else "" if unicodedata.combining(c) else "?" for c in decomposed)
 
 
 def _dimmed(image: np.ndarray, dim: float) -> np.ndarray:

@@ -11,24 +11,27 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-FIGSIZE = (6.0, 3.6)
+FIGSIZE = (5.2, 3.5)  # inches; small enough that the text stays legible on a phone
 DPI = 110
+SLIDE_DPI = 220  # 1144 × 770 px: slide-ready
 
 
-def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], reference_label: str) -> Image.Image:
+def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], reference_label: str, *,
+                   note: str = "", dpi: int = DPI) -> Image.Image:
     """Log-probability of the unpruned model's answer as tokens are pruned, one line per method.
 
     Args:
         keep_ratios: `(r,)` fractions of visual tokens kept, in (0, 1].
         curves: method name → `(r,)` log-probability of the reference answer at each keep ratio.
         reference_label: short description of the reference answer, used as the title.
+        note: a warning printed in red above the plot (e.g. that a toy model made the numbers).
 
     The x axis runs from keep ratio 1 down to the smallest, so "more pruning" reads left to right.
     """
     ratios = _vector(keep_ratios, "keep_ratios")
     if not curves:
         raise ValueError("curves must name at least one method")
-    figure, axes = _figure()
+    figure, axes = _figure(dpi, note)
     for method, curve in curves.items():
         curve = _vector(curve, f"curves[{method!r}]", allow_nan=True)
         if curve.shape != ratios.shape:
@@ -37,13 +40,14 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     axes.invert_xaxis()
     axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
     axes.set_ylabel("log p(reference answer)")
-    axes.set_title(_shorten(reference_label), fontsize=9)
+    _title(axes, reference_label)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=9)
     return _render(figure)
 
 
-def similarity_histogram(similarities: np.ndarray, threshold: float) -> Image.Image:
+def similarity_histogram(similarities: np.ndarray, threshold: float, *, title: str = "", note: str = "",
+                         dpi: int = DPI) -> Image.Image:
     """Histogram of pairwise similarities with the threshold line and the fraction of pairs at or above it.
 
     Args:
@@ -51,47 +55,76 @@ def similarity_histogram(similarities: np.ndarray, threshold: float) -> Image.Im
         threshold: the similarity above which pairs count (drawn as a vertical line).
     """
     finite = _finite(similarities, "similarities")
-    figure, axes = _figure()
-    axes.hist(finite, bins=50, color="tab:blue", alpha=0.8)
-    axes.axvline(threshold, color="tab:red", linestyle="--")
+    figure, axes = _figure(dpi, note)
+    edges = np.histogram_bin_edges(finite, bins=50)
     fraction = float((finite >= threshold).mean())
-    axes.text(0.02, 0.95, f"{fraction:.1%} of {finite.size:,} pairs ≥ {threshold:g}", transform=axes.transAxes, va="top")
-    axes.set_xlabel("similarity")
+    axes.hist(finite[finite < threshold], bins=edges, histtype="stepfilled", color="tab:gray", alpha=0.8, label="no edge")
+    axes.hist(finite[finite >= threshold], bins=edges, histtype="stepfilled", color="tab:blue", alpha=0.9,
+              label=f"edge (≥ s = {threshold:g}): {fraction:.1%} of {finite.size:,} pairs")
+    axes.axvline(threshold, color="tab:red", linestyle="--")
+    axes.set_xlabel("cosine similarity")
     axes.set_ylabel("pairs")
+    _title(axes, title)
+    axes.legend(fontsize=9, loc="upper left")
     return _render(figure)
 
 
-def score_histogram(scores: np.ndarray, cut: float) -> Image.Image:
-    """Histogram of token scores with the top-k cut line and how many tokens it keeps.
+def score_histogram(scores: np.ndarray, cut: float, *, title: str = "", note: str = "", dpi: int = DPI) -> Image.Image:
+    """Histogram of token scores, kept (≥ `cut`) and dropped in two colours, with the top-k cut line.
+
+    Scores that are all positive and span more than two decades are binned on a log axis (G-Prune's do: a
+    linear axis shows one spike at 0 with the cut invisible beside it).
 
     Args:
         scores: `(n,)` token scores; non-finite entries are ignored.
         cut: the score of the k-th best token (tokens scoring ≥ `cut` are kept).
     """
     finite = _finite(scores, "scores")
-    figure, axes = _figure()
-    axes.hist(finite, bins=60, color="tab:green", alpha=0.8)
-    axes.axvline(cut, color="tab:red", linestyle="--")
-    kept = int((finite >= cut).sum())
-    axes.text(0.98, 0.95, f"kept {kept:,}/{finite.size:,} (≥ {cut:.3g})", transform=axes.transAxes, ha="right", va="top")
-    axes.set_xlabel("score")
+    figure, axes = _figure(dpi, note)
+    log = bool(finite.min() > 0 and finite.max() / finite.min() > 100)
+    if log:
+        edges = np.geomspace(finite.min(), finite.max(), 61)
+        axes.set_xscale("log")
+    else:
+        edges = np.histogram_bin_edges(finite, bins=60)
+    kept = finite >= cut
+    axes.hist(finite[~kept], bins=edges, histtype="stepfilled", color="tab:gray", alpha=0.8, label=f"dropped ({int((~kept).sum()):,})")
+    axes.hist(finite[kept], bins=edges, histtype="stepfilled", color="tab:green", alpha=0.9, label=f"kept ({int(kept.sum()):,})")
+    axes.axvline(cut, color="tab:red", linestyle="--", label=f"top-k cut ({cut:.3g})")
+    axes.set_xlabel("score (log scale)" if log else "score")
     axes.set_ylabel("tokens")
+    _title(axes, title)
+    axes.legend(fontsize=9, loc="upper right")
     return _render(figure)
 
 
-def score_trace_plot(scores_over_iterations: np.ndarray, label: str) -> Image.Image:
-    """One token's score across propagation iterations `0..t`.
+def score_trace_plot(scores_over_iterations: np.ndarray, label: str, *, cuts: np.ndarray | None = None,
+                     note: str = "", dpi: int = DPI) -> Image.Image:
+    """One token's score across propagation iterations `0..t`, optionally against the view's keep cut.
 
     Args:
         scores_over_iterations: `(t + 1,)` scores, entry `i` after iteration `i` (0 is the initial score).
         label: what the token is (e.g. "token 812 (grid r3 c7)"), used as the title.
+        cuts: `(t + 1,)` the lowest kept score of the token's view after each iteration (dashed line):
+            the token is kept where its line is on or above it.
     """
     scores = _vector(scores_over_iterations, "scores_over_iterations", allow_nan=True)
-    figure, axes = _figure()
-    axes.plot(np.arange(scores.size), scores, marker="o")
+    figure, axes = _figure(dpi, note)
+    steps = np.arange(scores.size)
+    axes.plot(steps, scores, marker="o", label="this token")
+    if cuts is not None:
+        cuts = _vector(cuts, "cuts", allow_nan=True)
+        if cuts.shape != scores.shape:
+            raise ValueError(f"cuts has shape {cuts.shape}, scores {scores.shape}")
+        axes.plot(steps, cuts, linestyle="--", color="tab:red", label="keep cut (lowest kept score)")
+        axes.legend(fontsize=9)
+    values = np.concatenate([scores, cuts if cuts is not None else []])
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and values.max() / values.min() > 10:
+        axes.set_yscale("log")
     axes.set_xlabel("iteration")
     axes.set_ylabel("score")
-    axes.set_title(_shorten(label), fontsize=9)
+    _title(axes, label)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     return _render(figure)
@@ -133,10 +166,17 @@ def speedup_plot(
     return _render(figure)
 
 
-def _figure():
-    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+def _figure(dpi: int = DPI, note: str = ""):
+    figure = Figure(figsize=FIGSIZE, dpi=dpi, layout="constrained")
     FigureCanvasAgg(figure)
+    if note:
+        figure.suptitle(_shorten(note, 90), x=0.01, ha="left", color="firebrick", fontsize=9.5, fontweight="bold")
     return figure, figure.add_subplot()
+
+
+def _title(axes, text: str) -> None:
+    """Left-aligned, so a viewer's buttons in the top-right corner of the picture never cover it."""
+    axes.set_title(_shorten(text, 62), fontsize=10, loc="left")
 
 
 def _render(figure: Figure) -> Image.Image:

@@ -89,6 +89,21 @@ def paint_tokens(index_map: np.ndarray, per_token: np.ndarray, fill) -> np.ndarr
     return np.take(extended, index_map, axis=0)
 
 
+def token_centres(index_map: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """`(len(tokens), 2)` float `(x, y)` pixel centre of each token's area in the map; NaN where it has none."""
+    _check_index_map(index_map)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    unique, slot_of_token = np.unique(tokens, return_inverse=True)
+    rows, cols = np.nonzero(np.isin(index_map, unique))
+    slot = np.searchsorted(unique, index_map[rows, cols])
+    counts = np.bincount(slot, minlength=len(unique)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.bincount(slot, weights=cols + 0.5, minlength=len(unique)) / counts
+        y = np.bincount(slot, weights=rows + 0.5, minlength=len(unique)) / counts
+    x, y = x[slot_of_token], y[slot_of_token]
+    return np.stack([x, y], -1)
+
+
 def tokens_shown(index_map: np.ndarray, n_tokens: int) -> np.ndarray:
     """`(n_tokens,)` bool: which token positions cover at least one pixel of the map."""
     _check_index_map(index_map)
