@@ -77,7 +77,6 @@ except ValueError as error:
     sys.exit(f"error: {error}")
 REMEMBERED_SESSIONS = 10_000  # ids (only) of sessions that ran, to tell "expired" from "never ran"
 ASSETS = Path(__file__).resolve().parent / "assets"
-EXPORT_NAME = "gprune-export.zip"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
 MAX_UI_ITERATIONS = 20
