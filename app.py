@@ -1,6 +1,10 @@
 """G-Prune Explorer: see how G-Prune, FastV, ToMe and two baselines prune LLaVA-NeXT's visual tokens.
 
     python app.py [--model auto|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
+    python app.py --bundles-only [--model NAME]            (or GPRUNE_BUNDLES_ONLY=1: precomputed examples, no model)
+
+Precomputed examples (`python -m gprune precompute`) are read from assets/precomputed/ or GPRUNE_BUNDLES; a Run
+whose image, question and settings match one of the model's bundles is served from it, with no model call.
 
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
 run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
@@ -41,12 +45,15 @@ from starlette.middleware import Middleware
 import app_views as views
 import viz
 import zerogpu
+from app_bundles import Bundles
 from app_files import SessionFiles, write_gradio_cache_atomically
 from app_guard import GuardedBlocks, RequestGuard
 from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, Upload, pixel_coordinates,
                         read_question)
 from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model,
                     token_layout)
+from gprune.bundle import model_family
+from gprune.loading import resolve_model_name
 from gprune.images import fit_image, load_image
 
 
@@ -83,22 +90,37 @@ MAX_UI_ITERATIONS = 20
 TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 
 
-def model_name(argv: list[str], environ=os.environ) -> str:
-    """`--model` on the command line, else `GPRUNE_MODEL`, else `auto` (7B on CUDA, offline `tiny` otherwise)."""
+def startup_options(argv: list[str], environ=os.environ) -> argparse.Namespace:
+    """`--model` (else `GPRUNE_MODEL`, else `auto`: 7B on CUDA, offline `tiny` otherwise) and `--bundles-only`
+    (else `GPRUNE_BUNDLES_ONLY=1`): serve the model's precomputed examples without loading it."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--bundles-only", action="store_true")
     args, _ = parser.parse_known_args(argv)
-    return args.model or environ.get("GPRUNE_MODEL") or "auto"
+    args.model = args.model or environ.get("GPRUNE_MODEL") or "auto"
+    args.bundles_only = args.bundles_only or environ.get("GPRUNE_BUNDLES_ONLY", "").strip() == "1"
+    return args
 
 
+OPTIONS = startup_options(sys.argv[1:] if __name__ == "__main__" else [])
 try:
-    LOADED = load_model(model_name(sys.argv[1:] if __name__ == "__main__" else []))
+    LOADED = None if OPTIONS.bundles_only else load_model(OPTIONS.model)
+    MODEL_NAME = LOADED.name if LOADED else resolve_model_name(OPTIONS.model)
 except ValueError as error:
     sys.exit(f"error: {error}")
-NUM_LAYERS = LOADED.model.config.text_config.num_hidden_layers
+BUNDLES = Bundles(Path(os.environ.get("GPRUNE_BUNDLES") or ASSETS / "precomputed"), model_family(MODEL_NAME))
+if LOADED is None and not len(BUNDLES):
+    sys.exit(f"error: --bundles-only, but there are no precomputed examples of {MODEL_NAME!r} to serve; make them "
+             f"with `python -m gprune precompute --model {MODEL_NAME}` (or start without --bundles-only)")
+NUM_LAYERS = LOADED.model.config.text_config.num_hidden_layers if LOADED else BUNDLES.layers()
 DEFAULT_FASTV_LAYER = min(2, NUM_LAYERS - 1)
-GPU_COST = zerogpu.CostModel(LOADED)
+GPU_COST = zerogpu.CostModel(LOADED) if LOADED else None
+RANDOM_WEIGHTS = LOADED.random_weights if LOADED else next(iter(BUNDLES.by_key.values())).meta["model"]["random_weights"]
+BUNDLES_ONLY = ("This server shows precomputed examples only (no model is loaded): click one of the examples and "
+                "keep the default settings, or run the app with a model for other images and settings.")
 try:
+    if LOADED is None:
+        raise ValueError("not available: this server runs without a model")
     LLAVA_SYSTEM_TEXT, NO_LLAVA_SYSTEM = LOADED.system_text("llava"), None
 except ValueError as reason:  # e.g. Mistral: trained without one
     LLAVA_SYSTEM_TEXT, NO_LLAVA_SYSTEM = None, str(reason)
@@ -149,6 +171,8 @@ def read_image(upload: Upload | None) -> Image.Image:
     except ValueError as error:
         raise gr.Error(f"{UNUSABLE}{error}.") from None
     fitted = fit_image(image, MODEL_MAX_SIDE)
+    if LOADED is None:  # only precomputed examples are served: no grid to check
+        return fitted
     # Checked here, before the model, to quote the size of the upload rather than of its downscaled copy.
     vision = LOADED.model.config.vision_config
     grid = token_layout((fitted.height, fitted.width), LOADED.model.config.image_grid_pinpoints, vision.image_size,
@@ -246,26 +270,48 @@ def read_flag(value, label: str) -> bool:
 def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=5,
                   fastv_layer=DEFAULT_FASTV_LAYER, methods=METHODS, max_new_tokens=32, view="grid",
                   system_prompt="template", measure_timings=False, progress=gr.Progress(), request: gr.Request = None):
-    """Run the unpruned model and every chosen method once; keep the results in this session."""
+    """Run the unpruned model and every chosen method once (or open the matching precomputed example); keep the
+    results in this session."""
     picture = read_image(image)
     question = read_question(question)
     rounds = TIMING_ROUNDS if read_flag(measure_timings, "Measure timings") else 0
     config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
                          system_prompt, rounds)
     view = shown(views.check_view)(view)
-    try:
-        analysis = run_model(picture, question, config, progress)
-    except gr.Error:
-        raise
-    except ValueError as error:
-        raise gr.Error(str(error)) from None
+    bundle = BUNDLES.find(image.data, question, config)
+    if bundle is not None:
+        analysis = BUNDLES.analysis(bundle, picture, config)
+    elif LOADED is None:
+        raise gr.Error(BUNDLES_ONLY)
+    else:
+        try:
+            analysis = run_model(picture, question, config, progress)
+        except gr.Error:
+            raise
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
     session = StoredSession(**vars(views.new_session(analysis, image_name=image.name)))
+    if bundle is not None:
+        session.stability = bundle.meta["stability"]
     remember_run(request)
     heatmap, mask = (None, None)
     if "gprune" in analysis.results:
         heatmap, mask, _ = views.iteration_pictures(session, view, config.iterations)
     return (session, heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
             analysis.summary())
+
+
+def open_example(image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
+                 max_new_tokens, view, system_prompt, measure_timings, request: gr.Request = None):
+    """An example was clicked: show its precomputed result at once if one matches the settings; otherwise the
+    example only fills the inputs (no model call until Run)."""
+    config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
+                         system_prompt, TIMING_ROUNDS if measure_timings is True else 0)
+    if image is None or BUNDLES.find(image.data, question, config) is None:
+        # Stops the chain quietly: the inputs are filled, the user presses Run.
+        raise gr.Error("No precomputed result for these settings: press Run.", visible=False, print_exception=False)
+    return analyze_image(image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
+                         max_new_tokens, view, system_prompt, measure_timings, request=request)
 
 
 @shown
@@ -295,9 +341,10 @@ def after_analyze(session, view, colour_mode):
 
 def status_text(analysis: Analysis) -> str:
     layout = analysis.layout
+    origin = f" **Shown at once: {analysis.origin}** (no model call)." if analysis.origin else ""
     return (f"Analysed a {layout.image_width}×{layout.image_height} image: {layout.n_tokens:,} visual tokens "
             f"(576 base + {layout.rows}×{layout.cols} grid + {layout.rows} newlines); keep ratio "
-            f"{analysis.config.keep_ratio:g} on model `{analysis.model_name}`.")
+            f"{analysis.config.keep_ratio:g} on model `{analysis.model_name}`.{origin}")
 
 
 def iteration_legends(session: views.Session, view: str, iteration: int) -> tuple[str, str]:
@@ -452,8 +499,13 @@ def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIO
     session = need_session(session, request)
     ratios = parse_ratios(keep_ratios)
     analysis = session.analysis
+    if session.stability is not None and session.stability["keep_ratios"] == ratios:  # already computed (or precomputed)
+        return session, views.stability_picture(session.stability, analysis), session.stability
     if not analysis.reference.answer_token_ids:
         raise gr.Error("The unpruned answer is empty, so there is nothing to score; ask another question.")
+    if LOADED is None:
+        raise gr.Error(f"{BUNDLES_ONLY} The precomputed sweep uses keep ratios "
+                       f"{', '.join(f'{r:g}' for r in views.STABILITY_RATIOS)}.")
     try:
         curves = run_sweep(analysis.image, analysis.question, list(analysis.reference.answer_token_ids), ratios,
                            analysis.config, progress)
@@ -646,10 +698,13 @@ def build_demo() -> gr.Blocks:
         session = gr.State(None, time_to_live=SESSION_TTL_S)
         playing = gr.State(False)
         gr.Markdown(INTRO, elem_id="intro")
-        if LOADED.random_weights:
+        if RANDOM_WEIGHTS:
             gr.Markdown(BANNER_RANDOM, elem_id="random-weights-banner")
-        else:
+        elif LOADED is not None:
             gr.Markdown(f"Model: `{LOADED.name}` on {LOADED.device} in {str(LOADED.dtype).removeprefix('torch.')}.")
+        if LOADED is None:
+            gr.Markdown(f"ℹ️ **Precomputed examples only**: no model is loaded on this server; the {len(BUNDLES)} "
+                        f"examples below show results computed on `{MODEL_NAME}`.", elem_id="bundles-only-banner")
         with gr.Row():
             with gr.Column(scale=1, min_width=300, elem_id="controls"):
                 image = ImageUpload(label="Image", show_label=False, type="filepath", image_mode=None,
@@ -657,9 +712,12 @@ def build_demo() -> gr.Blocks:
                 question = gr.Textbox(label="Question", value=DEFAULT_QUESTION, max_length=MAX_QUESTION_CHARS, lines=2,
                                       render=False)
                 examples = example_rows()
+                example_list = None
                 if examples:  # right under the image, as thumbnails: above the fold on a laptop
-                    gr.Examples(examples, inputs=[image, question], visible_columns=[0],
-                                label="Examples: click one (it sets the question too), then Run", elem_id="examples")
+                    label = ("Examples: click one; with the default settings its precomputed result opens at once"
+                             if len(BUNDLES) else "Examples: click one (it sets the question too), then Run")
+                    example_list = gr.Examples(examples, inputs=[image, question], visible_columns=[0], label=label,
+                                               elem_id="examples")
                 question.render()
                 keep_ratio = Setting(0.01, 1.0, value=0.5, step=0.01, label="Keep ratio ρ", elem_id="keep-ratio",
                                      info="fraction of base and of grid tokens kept (newlines always kept); after a "
@@ -765,17 +823,20 @@ def build_demo() -> gr.Blocks:
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)
         redraw = dict(trigger_mode="always_last", show_progress="hidden", **cpu_queue)
         legends = [heatmap_legend, mask_legend]
-        run.click(
-            analyze_image,
-            [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens, view,
-             system_prompt, measure_timings],
-            [session, heatmap, mask, gallery, answers, summary], api_name="analyze", **gpu_queue,
-        ).success(
-            after_analyze, [session, view, colour_mode],
-            [iteration, heatmap, caption, *legends, method_a, method_b, difference_image, difference_counts,
-             similarity_plot, score_plot, facts, highlight, trace, token_info, status, notice, gif_file],
-            api_visibility="private", **cpu_queue,
+        run_inputs = [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
+                      max_new_tokens, view, system_prompt, measure_timings]
+        run_outputs = [session, heatmap, mask, gallery, answers, summary]
+        synced = [iteration, heatmap, caption, *legends, method_a, method_b, difference_image, difference_counts,
+                  similarity_plot, score_plot, facts, highlight, trace, token_info, status, notice, gif_file]
+        run.click(analyze_image, run_inputs, run_outputs, api_name="analyze", **gpu_queue).success(
+            after_analyze, [session, view, colour_mode], synced, api_visibility="private", **cpu_queue,
         ).then(None, js=SCROLL_TO_RESULTS)
+        if example_list is not None and len(BUNDLES):
+            # A precomputed example needs neither the model nor the GPU queue: it opens on the click.
+            example_list.load_input_event.then(open_example, run_inputs, run_outputs, api_visibility="private",
+                                               **cpu_queue).success(
+                after_analyze, [session, view, colour_mode], synced, api_visibility="private", **cpu_queue,
+            ).then(None, js=SCROLL_TO_RESULTS)
         # Two listeners, each "always_last" (never two at once, the latest value last), so the legends can never
         # be left showing an older iteration than the pictures, as a chained event finishing late could.
         iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step", **redraw)

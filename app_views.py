@@ -32,6 +32,7 @@ from gprune import (
 from gprune.__main__ import save as save_analysis
 from gprune.checks import check_keep_ratio
 from gprune.images import fit_image
+from gprune.stats import SIMILARITY_PAIRS, pair_similarities
 
 DISPLAY_MAX_SIDE = 768
 EXPORT_MAX_SIDE = 1280
@@ -42,7 +43,6 @@ VIEW_SHORT = {"base": "base view", "grid": "high-res grid"}
 COLOUR_MODES = viz.COLOUR_MODES
 COLOUR_MODE_NAMES = {"rank": "rank within this view", "log": "log scale", "linear": "linear, 2nd–98th percentile"}
 HEATMAP_CMAP = "inferno"
-SIMILARITY_PAIRS = 50_000
 STABILITY_RATIOS = (1.0, 0.75, 0.5, 0.25, 0.11, 0.05)
 ANSWER_PREVIEW_WORDS = 10
 TOY_NOTE = "Toy model (random weights): not a trained LLaVA-NeXT"
@@ -193,6 +193,12 @@ def redraw_selection(analysis: Analysis, method: str, keep_ratio: float) -> Sele
     if result is None:
         raise ValueError(f"{method!r} was not run in this analysis (ran: {', '.join(analysis.results)})")
     layout = analysis.layout
+    if method == "tome" and analysis.features is None:  # restored from a bundle: ToMe stored at every slider ratio
+        stored = analysis.precomputed.tome.get(round(keep_ratio, 2))
+        if stored is None or abs(keep_ratio - round(keep_ratio, 2)) > 1e-9:
+            raise ValueError(f"this precomputed example has ToMe's groups at keep ratios 0.01 … 1 in steps of 0.01, "
+                             f"not {keep_ratio:g}")
+        return stored
     if method == "tome":
         return tome_select(torch.from_numpy(analysis.features), layout.rows, layout.cols, keep_ratio,
                            base_tokens=layout.base_tokens)
@@ -594,23 +600,12 @@ def _fate(session: Session, method: str, token: int) -> str:
 # -------------------------------------------------------------------------------------------------- learn
 
 
-def similarity_sample(features: np.ndarray, positions: np.ndarray, pairs: int = SIMILARITY_PAIRS, seed: int = 0) -> np.ndarray:
-    """Cosine similarities of `pairs` random distinct token pairs among `positions` (deterministic)."""
-    features = np.asarray(features, dtype=np.float32)[positions]
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    rng = np.random.default_rng(seed)
-    m = len(positions)
-    if m < 2:
-        raise ValueError("need at least two tokens to sample pairs")
-    i = rng.integers(m, size=pairs)
-    j = rng.integers(m - 1, size=pairs)
-    j += j >= i
-    return np.einsum("kd,kd->k", unit[i], unit[j])
-
-
 def similarity_picture(analysis: Analysis, view: str, dpi: int = viz.DPI) -> Image.Image:
     """Histogram of the view's token-pair cosine similarities with G-Prune's edge threshold."""
-    sample = similarity_sample(analysis.features, view_positions(analysis, view))
+    if analysis.features is None:  # restored from a precomputed bundle: the sample the features gave
+        sample = analysis.precomputed.similarity[view]
+    else:
+        sample = pair_similarities(analysis.features, view_positions(analysis, view))
     return viz.similarity_histogram(sample, analysis.config.threshold, dpi=dpi, note=toy_note(analysis),
                                     title=f"Cosine similarity of {SIMILARITY_PAIRS:,} random token pairs, {VIEW_SHORT[view]}")
 

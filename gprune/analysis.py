@@ -110,6 +110,7 @@ class Analysis:
             "prompt": {"system_prompt": self.config.system_prompt, "system_text": self.system_text},
             "reference": self.reference.summary(),
             "results": {name: result.summary() for name, result in self.results.items()},
+            **({"origin": self.origin} if self.origin else {}),
         }
 
 

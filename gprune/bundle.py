@@ -68,10 +68,11 @@ def precompute_views(analysis: Analysis, ratios=KEEP_RATIO_GRID) -> Precomputed:
     return Precomputed(similarity, tome)
 
 
-def write_bundle(analysis: Analysis, image_bytes: bytes, folder: Path, name: str, *, created: str,
-                 code_version: str, stability: dict | None = None, precomputed: Precomputed | None = None) -> Path:
-    """Write `folder/NAME.json` and `folder/NAME.npz` for `analysis` (of the image file `image_bytes`); returns
-    the JSON path. Both files are written to temporary names first, so a reader never sees half a bundle."""
+def write_bundle(analysis: Analysis, image_bytes: bytes, folder: Path, name: str, *, created: str, code_version: str,
+                 layers: int, stability: dict | None = None, precomputed: Precomputed | None = None) -> Path:
+    """Write `folder/NAME.json` and `folder/NAME.npz` for `analysis` (of the image file `image_bytes`, by a model
+    with `layers` decoder layers); returns the JSON path. Both files are written to temporary names first, so
+    a reader never sees half a bundle."""
     if analysis.features is None and precomputed is None:
         raise ValueError("an analysis without features needs its precomputed views to be bundled")
     precomputed = precomputed or precompute_views(analysis)
@@ -95,7 +96,7 @@ def write_bundle(analysis: Analysis, image_bytes: bytes, folder: Path, name: str
         "created": created,
         "code_version": code_version,
         "model": {"name": analysis.model_name, "family": model_family(analysis.model_name),
-                  "random_weights": analysis.random_weights},
+                  "random_weights": analysis.random_weights, "layers": layers},
         "example": {"image_sha256": image_digest(image_bytes), "question": analysis.question,
                     "system_text": analysis.system_text},
         "config": asdict(analysis.config),

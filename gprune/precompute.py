@@ -112,7 +112,8 @@ def main(argv=None) -> int:
         curves = answer_stability(loaded, encoded, analysis.reference.answer_token_ids, list(DEFAULT_SWEEP_RATIOS), config)
         stability = {"keep_ratios": list(DEFAULT_SWEEP_RATIOS), "curves": {m: [float(v) for v in c] for m, c in curves.items()}}
         path = write_bundle(analysis, image_bytes, args.out, file.stem, created=created, code_version=code,
-                            stability=stability, precomputed=precompute_views(analysis))
+                            layers=loaded.model.config.text_config.num_hidden_layers, stability=stability,
+                            precomputed=precompute_views(analysis))
         rows.append((file.stem, analysis))
         print(f"wrote {path} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     report = args.out / "report.md"

@@ -264,8 +264,10 @@ def test_learn_plots(session, tiny_analysis):
 
 
 def test_similarity_sample_is_cosine_of_distinct_pairs():
+    from gprune.stats import pair_similarities
+
     features = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=np.float32)
-    sample = views.similarity_sample(features, np.arange(3), pairs=500)
+    sample = pair_similarities(features, np.arange(3), pairs=500)
     expected = np.array([0.0, np.sqrt(0.5)])  # never a token with itself (1.0)
     assert np.abs(sample[:, None] - expected[None]).min(axis=1).max() < 1e-6
     assert np.isclose(sample, 0.0).any() and np.isclose(sample, np.sqrt(0.5)).any()

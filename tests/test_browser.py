@@ -6,6 +6,8 @@ Playwright's own browser download is never used.
 """
 
 import re
+import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +101,7 @@ def test_run_from_an_example_lands_on_results_marked_as_toy(browser):
     page.wait_for_selector("#input-image img")
     page.locator("#keep-ratio input[type=range]").fill(str(KEEP_RATIO))
     page.click("#run-button")
-    browser.wait_text("#status", "Analysed a 512×512 image")
+    browser.wait_text("#status", f"keep ratio {KEEP_RATIO} on model")  # the example's own (precomputed) is at 0.5
     browser.wait_text("#iteration-caption", "Iteration 5 of 5")
     browser.settle()
     assert browser.in_viewport("#heatmap img"), "after Run the results are scrolled into view"
@@ -220,3 +222,28 @@ def test_presentation_mode_hides_explanations(browser, app_server):
     browser.shot("08-presentation", full_page=False)
     page.locator("#presentation-toggle input").uncheck()
     assert page.locator("#intro").is_visible()
+
+
+def test_an_example_opens_its_precomputed_result_at_once(browser, app_server):
+    """The shipped bundles: a click on an example shows its result without the model (no GPU on a Space)."""
+    page = browser.page
+    page.goto(app_server)
+    page.wait_for_selector("#examples .gallery-item")
+    calls_before, seconds = browser.model_calls(), []
+    for index, size in ((1, "600×400"), (2, "451×300"), (3, "640×427")):  # coffee, chelsea, rocket
+        before = page.evaluate("document.querySelector('#heatmap img')?.getAttribute('src') ?? ''")
+        example = page.locator("#examples .gallery-item").nth(index)
+        example.scroll_into_view_if_needed()
+        browser.settle()  # the previous result's scroll has ended: time only this click
+        start = time.perf_counter()
+        example.click()
+        page.wait_for_function(f"(document.querySelector('#heatmap img')?.getAttribute('src') ?? '') !== {before!r}",
+                               polling=20)
+        seconds.append(time.perf_counter() - start)
+        page.wait_for_function(f"(document.querySelector('#status')?.innerText ?? '').includes('{size} image') && "
+                               "document.querySelector('#status').innerText.includes('precomputed on random-weight "
+                               "toy model tiny') && !document.querySelector('#results .generating')")
+    assert browser.model_calls() == calls_before, "a precomputed example must not call the model"
+    assert statistics.median(seconds) < 1.0, seconds
+    browser.settle()
+    browser.shot("09-precomputed-example", full_page=False)

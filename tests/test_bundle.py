@@ -35,7 +35,7 @@ def written(tiny_analysis, image_bytes, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles")
     stability = {"keep_ratios": [1.0, 0.5], "curves": {"unpruned": [-3.0, -3.0], "gprune": [-3.0, -4.5]}}
     path = write_bundle(tiny_analysis, image_bytes, folder, "example", created="2026-11-30", code_version="test",
-                        stability=stability, precomputed=precompute_views(tiny_analysis, RATIOS))
+                        layers=4, stability=stability, precomputed=precompute_views(tiny_analysis, RATIOS))
     return path
 
 
@@ -44,7 +44,7 @@ def test_a_bundle_restores_the_analysis_without_its_features(tiny_analysis, writ
     restored = bundle.analysis(tiny_analysis.image)
     assert restored.features is None and restored.origin == bundle.label
     assert bundle.label == "precomputed on random-weight toy model tiny at 2026-11-30"
-    assert restored.summary() == tiny_analysis.summary()
+    assert restored.summary() == {**tiny_analysis.summary(), "origin": bundle.label}
     for name in ("kind", "cell", "box"):
         np.testing.assert_array_equal(getattr(restored.layout, name), getattr(tiny_analysis.layout, name))
     for method, original in {"unpruned": tiny_analysis.reference, **tiny_analysis.results}.items():

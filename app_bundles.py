@@ -1,0 +1,64 @@
+"""Precomputed examples in the app: bundles (`python -m gprune precompute`) served for a Run whose image bytes,
+question, model family and settings match one, with no model call and no GPU lease.
+
+The folder is `assets/precomputed/` or `GPRUNE_BUNDLES` (set by the operator, never by a client). Bundles of
+another model family, of another format version or that cannot be read are left out, each with one line on
+the server's log saying why.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from PIL import Image
+
+from gprune import Analysis, AnalysisConfig
+from gprune.bundle import Bundle, BundleKey, image_digest, read_bundles
+
+# Settings that do not change what a bundle shows: timings are shown when the bundle has them (measured when it
+# was made), and a subset of its methods is served from it.
+IGNORED_SETTINGS = ("timing_rounds", "methods")
+
+
+class Bundles:
+    """The bundles one server serves: those of its model family (`family`), read once at start-up."""
+
+    def __init__(self, folder: Path, family: str, log=sys.stderr):
+        found, problems = read_bundles(folder)
+        self.family = family
+        self.by_key: dict[BundleKey, Bundle] = {}
+        for key, bundle in found.items():
+            if key.model_family == family:
+                self.by_key[key] = bundle
+            else:
+                problems.append(f"bundle {bundle.path.name} was computed on {key.model_family!r}, this server runs "
+                                f"{family!r}: ignored")
+        for problem in problems:
+            print(f"precomputed examples: {problem}", file=log)
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def layers(self) -> int | None:
+        """The decoder depth of the model the bundles were computed on (for FastV's K without a model)."""
+        return next((bundle.meta["model"]["layers"] for bundle in self.by_key.values()), None)
+
+    def find(self, image_bytes: bytes, question: str, config: AnalysisConfig) -> Bundle | None:
+        """The bundle of this image file and question whose settings are `config`'s (methods: a subset)."""
+        bundle = self.by_key.get(BundleKey(image_digest(image_bytes), question, self.family))
+        if bundle is None:
+            return None
+        stored = bundle.meta["config"]
+        wanted = asdict(config)
+        if any(stored[key] != wanted[key] for key in wanted if key not in IGNORED_SETTINGS):
+            return None
+        return bundle if set(config.methods) <= set(stored["methods"]) else None
+
+    def analysis(self, bundle: Bundle, picture: Image.Image, config: AnalysisConfig) -> Analysis:
+        """The bundle's analysis of `picture` with only the methods `config` asks for, in its order."""
+        analysis = bundle.analysis(picture)
+        analysis.results = {method: analysis.results[method] for method in config.methods}
+        analysis.config = replace(analysis.config, methods=config.methods)
+        return analysis
