@@ -1,6 +1,7 @@
 """G-Prune Explorer: see how G-Prune, FastV, ToMe and two baselines prune LLaVA-NeXT's visual tokens.
 
     python app.py [--model auto|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
+                  [--runs DIR]                            (or GPRUNE_RUNS=DIR: evaluation runs for the Failures tab)
 
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
 run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
@@ -36,6 +37,7 @@ import gradio as gr
 from gradio import component_meta
 from PIL import Image
 
+import app_failures
 import app_views as views
 from gprune import METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model
 from gprune.images import UNDECODABLE, fit_image, load_image
@@ -89,6 +91,10 @@ def model_name(argv: list[str], environ=os.environ) -> str:
 
 try:
     LOADED = load_model(model_name(sys.argv[1:] if __name__ == "__main__" else []))
+except ValueError as error:
+    sys.exit(f"error: {error}")
+try:
+    RUNS_DIR = app_failures.runs_folder(sys.argv[1:] if __name__ == "__main__" else [])
 except ValueError as error:
     sys.exit(f"error: {error}")
 NUM_LAYERS = LOADED.model.config.text_config.num_hidden_layers
@@ -644,6 +650,9 @@ def build_demo() -> gr.Blocks:
                         export_file = gr.File(label="Export")
                     with gr.Tab("Summary (JSON)"):
                         summary = gr.JSON(label="Analysis summary")
+                    app_failures.build_failures_tab(demo, RUNS_DIR, app_failures.ExplorerInputs(
+                        image, question, keep_ratio, methods, threshold, temperature, iterations, fastv_layer,
+                        max_new_tokens), LOADED.name)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)

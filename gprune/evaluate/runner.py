@@ -97,11 +97,11 @@ def evaluate(settings: Settings, execution: Execution, out: Path) -> dict | None
     Raises `ValueError` for bad settings, an unreadable dataset or a folder holding another run.
     """
     state = process_state()
-    torch.set_num_threads(execution.threads)
     main = state.is_main_process
     folder = RunFolder(out)
     opened = open_split(settings.dataset)
     folder.check_settings(settings.to_json())
+    torch.set_num_threads(execution.threads)
     loaded = load_model(settings.model, device="cpu" if state.device.type == "cpu" else str(state.device))
     settings.analysis.validate(loaded.model.config.text_config.num_hidden_layers)
     with folder.exclusive() if main else contextlib.nullcontext():
