@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..analysis import METHODS, AnalysisConfig
 from ..checks import check_keep_ratio
-from ..loading import resolve_model_name
+from ..loading import TINY, resolve_model_name
 from .data import VQA_PROMPT_SUFFIX, DatasetSpec, parse_columns, resolve_source
 from .launch import relaunch, requested_cpu_processes
 from .metric import METRICS
@@ -73,6 +73,8 @@ def build(args: argparse.Namespace, command: str):
             raise ValueError(f"{name} must be a whole number >= 1, got {value}")
     dataset = DatasetSpec(resolve_source(args.dataset), args.split, parse_columns(args.columns))
     model = resolve_model_name(args.model)
+    if model != TINY and Path(model).expanduser().is_dir():  # a local checkpoint: absolute, so a re-run from elsewhere matches
+        model = str(Path(model).expanduser().resolve())
     settings = Settings(model, dataset, args.prompt_suffix, args.metric, tuple(sorted(set(ratios), reverse=True)), analysis)
     execution = Execution(limit=args.limit, threads=args.threads, examples_per_shard=args.shard_size,
                           progress=not args.no_progress, command=command)
@@ -84,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(arguments)
     command = shlex.join(["python", "-m", "gprune.evaluate", *arguments])
     try:
+        settings, execution = build(args, command)
         processes = requested_cpu_processes() if argv is None else None
         if processes:
             relaunch(processes, "gprune.evaluate", arguments)
-        settings, execution = build(args, command)
         from .runner import evaluate
 
         summary = evaluate(settings, execution, args.out)
