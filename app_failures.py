@@ -337,6 +337,8 @@ def build_failures_tab(demo: gr.Blocks, runs_dir: Path | None, explorer: Explore
                     iterations, fastv_layer, max_new_tokens)
 
         def open_selected(name, method_name, ratio, event: gr.SelectData):
+            if not event.row_value:  # not a cell of a row (e.g. a header)
+                return [gr.skip()] * len(targets)
             return open_example(name, event.row_value[0], method_name, ratio)
 
         targets = [preview, details, explorer.image, explorer.question, explorer.keep_ratio, explorer.methods,

@@ -39,7 +39,7 @@ from ..result import PruneResult
 from .data import DatasetSpec, Example, ProcessShare, open_split
 from .metric import score, same_answer
 from .report import format_table, summarize
-from .store import UNPRUNED, RunFolder, write_json
+from .store import UNPRUNED, MergeReport, RunFolder, write_json
 
 # Processes that finish their share early wait this long at the last barrier for the slowest one.
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)
@@ -130,21 +130,26 @@ def evaluate(settings: Settings, execution: Execution, out: Path) -> dict | None
         if not main:
             return None
         merged = folder.merge(share.rows_seen, settings.keys_per_example)
-        rows = merged.table.to_pylist()
-        evaluated = len({row["row"] for row in rows} - done)
-        summary = {
-            "model": loaded.name, "random_weights": loaded.random_weights, "dataset": settings.dataset.describe(),
-            "metric": settings.metric, "prompt_suffix": settings.prompt_suffix,
-            **summarize(rows, list(settings.analysis.methods), list(settings.keep_ratios)),
-            "merge": {"rows_expected": share.rows_seen, "duplicates_dropped": merged.duplicates_dropped,
-                      "missing_rows": merged.missing_rows, "incomplete_rows": merged.incomplete_rows},
-            "invocation": {"processes": state.num_processes, "threads": execution.threads, "device": str(state.device),
-                           "examples_evaluated": evaluated, "seconds": seconds,
-                           "examples_per_second": evaluated / seconds if seconds > 0 else None},
-        }
+        evaluated = len(set(merged.table["row"].to_pylist()) - done)
+        invocation = {"processes": state.num_processes, "threads": execution.threads, "device": str(state.device),
+                      "examples_evaluated": evaluated, "seconds": seconds,
+                      "examples_per_second": evaluated / seconds if seconds > 0 else None}
+        summary = run_summary(settings, loaded, merged, share.rows_seen, invocation)
         write_json(folder.summary, summary)
         print(format_table(summary))
         return summary
+
+
+def run_summary(settings: Settings, loaded: LoadedModel, merged: MergeReport, rows_expected: int, invocation: dict) -> dict:
+    """summary.json: what ran on what, the report's counts and table, the merge checks, this invocation."""
+    return {
+        "model": loaded.name, "random_weights": loaded.random_weights, "dataset": settings.dataset.describe(),
+        "metric": settings.metric, "prompt_suffix": settings.prompt_suffix,
+        **summarize(merged.table.to_pylist(), list(settings.analysis.methods), list(settings.keep_ratios)),
+        "merge": {"rows_expected": rows_expected, "duplicates_dropped": merged.duplicates_dropped,
+                  "missing_rows": merged.missing_rows, "incomplete_rows": merged.incomplete_rows},
+        "invocation": invocation,
+    }
 
 
 def evaluate_example(loaded: LoadedModel, example: Example, settings: Settings, folder: RunFolder,
