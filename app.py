@@ -90,11 +90,11 @@ def model_name(argv: list[str], environ=os.environ) -> str:
 
 
 try:
-    LOADED = load_model(model_name(sys.argv[1:] if __name__ == "__main__" else []))
+    RUNS_DIR = app_failures.runs_folder(sys.argv[1:] if __name__ == "__main__" else [])
 except ValueError as error:
     sys.exit(f"error: {error}")
 try:
-    RUNS_DIR = app_failures.runs_folder(sys.argv[1:] if __name__ == "__main__" else [])
+    LOADED = load_model(model_name(sys.argv[1:] if __name__ == "__main__" else []))
 except ValueError as error:
     sys.exit(f"error: {error}")
 NUM_LAYERS = LOADED.model.config.text_config.num_hidden_layers
