@@ -2,6 +2,7 @@
 
     python app.py [--model auto|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
     python app.py --bundles-only [--model NAME]            (or GPRUNE_BUNDLES_ONLY=1: precomputed examples, no model)
+                  [--runs DIR]                            (or GPRUNE_RUNS=DIR: evaluation runs for the Failures tab)
 
 Precomputed examples (`python -m gprune precompute`) are read from assets/precomputed/ or GPRUNE_BUNDLES; a Run
 whose image, question and settings match one of the model's bundles is served from it, with no model call.
@@ -42,6 +43,7 @@ import gradio as gr
 from PIL import Image
 from starlette.middleware import Middleware
 
+import app_failures
 import app_views as views
 import viz
 import zerogpu
@@ -104,6 +106,7 @@ def startup_options(argv: list[str], environ=os.environ) -> argparse.Namespace:
 
 OPTIONS = startup_options(sys.argv[1:] if __name__ == "__main__" else [])
 try:
+    RUNS_DIR = app_failures.runs_folder(sys.argv[1:] if __name__ == "__main__" else [])
     LOADED = None if OPTIONS.bundles_only else load_model(OPTIONS.model)
     MODEL_NAME = LOADED.name if LOADED else resolve_model_name(OPTIONS.model)
 except ValueError as error:
@@ -818,6 +821,9 @@ def build_demo() -> gr.Blocks:
                         export_file = gr.File(label="Export", visible=False, elem_id="export-file")
                     with gr.Tab("JSON"):
                         summary = gr.JSON(label="Analysis summary")
+                    app_failures.build_failures_tab(demo, RUNS_DIR, app_failures.ExplorerInputs(
+                        image, question, keep_ratio, methods, threshold, temperature, iterations, fastv_layer,
+                        max_new_tokens), MODEL_NAME)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)

@@ -114,11 +114,13 @@ class CpuMeter:
     0 on a quiet machine, ~0.5 when another job kept one of two cores busy. NaN where /proc/stat is missing.
     """
 
-    def __init__(self, also_ours: tuple[int, ...] = ()):
-        """`also_ours`: pids of processes that belong to the measurement (e.g. the app server)."""
+    def __init__(self, also_ours: tuple[int, ...] = (), include_children: bool = False):
+        """`also_ours`: pids of processes that belong to the measurement (e.g. the app server);
+        `include_children`: the measured call runs subprocesses and waits for them (their CPU time is ours)."""
         self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.also_ours = also_ours
+        self.include_children = include_children
 
     def snapshot(self) -> tuple[float, float, float]:
         try:
@@ -129,6 +131,8 @@ class CpuMeter:
             busy = float("nan")
         times = os.times()
         ours = times.user + times.system
+        if self.include_children:  # finished, waited-for children only
+            ours += times.children_user + times.children_system
         for pid in self.also_ours:
             try:
                 with open(f"/proc/{pid}/stat") as stat:
@@ -154,8 +158,8 @@ class Quiet:
     """
 
     def __init__(self, max_share: float = 0.1, retries: int = 3, window: float = 0.1, max_wait: float = 20.0,
-                 enabled: bool = True, also_ours: tuple[int, ...] = ()):
-        self.meter = CpuMeter(also_ours)
+                 enabled: bool = True, also_ours: tuple[int, ...] = (), include_children: bool = False):
+        self.meter = CpuMeter(also_ours, include_children)
         self.max_share, self.retries, self.window, self.max_wait = max_share, retries, window, max_wait
         self.enabled = enabled
         self.calls = self.retried = 0

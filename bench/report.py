@@ -13,7 +13,7 @@ def _load(name: str):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def goals_table(selection, prefill, memory=None) -> str:
+def goals_table(selection, prefill, memory=None, scaling=None) -> str:
     rows = []
     if selection and selection.get("goals"):
         g = selection["goals"]
@@ -33,19 +33,24 @@ def goals_table(selection, prefill, memory=None) -> str:
         for method, verdict in prefill["goal"].items():
             rows.append([f"{method}: measured ÷ FLOPs prefill speedup at keep 0.25", "≥ 0.8",
                          f"{verdict['measured_over_flops']:.2f}", "met" if verdict["met"] else "missed"])
+    if scaling:
+        figures = scaling["results"]
+        rows.append(["evaluation examples/s, 2 vs 1 processes (one thread each, tiny model)", "≥ 1.6×",
+                     f"{figures['speedup']:.2f}×", "met" if figures["met"] else "missed"])
     return markdown_table(["goal", "target", "measured", "verdict"], rows) if rows else "(no results yet)"
 
 
 def main(argv=None) -> int:
     selection, memory, prefill = _load("selection"), _load("memory"), _load("prefill")
-    app = _load("app_latency")
+    app, scaling = _load("app_latency"), _load("evaluate_scaling")
     lines = ["# Benchmark summary", ""]
     machine = next((r["machine"] for r in (selection, prefill, memory, app) if r), None)
     if machine:
         lines += [f"Machine: {machine_line(machine)}.", ""]
-    lines += ["## Goals", "", goals_table(selection, prefill, memory), ""]
+    lines += ["## Goals", "", goals_table(selection, prefill, memory, scaling), ""]
     for name, title in (("selection", "Selection cost"), ("memory", "Memory"), ("prefill", "Prefill"),
-                        ("batched_run", "Batched Run"), ("gpu_prefill", "GPU prefill"), ("app_latency", "App latency")):
+                        ("batched_run", "Batched Run"), ("gpu_prefill", "GPU prefill"), ("app_latency", "App latency"),
+                        ("evaluate_scaling", "Evaluation throughput")):
         path = RESULTS / f"{name}.md"
         if path.exists():
             text = path.read_text().split("## torch.profiler")[0].rstrip()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark and write bench/results/*.json|md|png (12–25 minutes on 2 CPU cores).
+# Run every benchmark and write bench/results/*.json|md|png (17–30 minutes on 2 CPU cores).
 #   bash bench/run_all.sh            # everything (the GPU benchmark prints "skipped" without CUDA)
 #   bash bench/run_all.sh --quick    # smoke-test sizes of the CPU benchmarks only
 set -euo pipefail

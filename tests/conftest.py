@@ -153,3 +153,47 @@ def lookalike_dirs(tmp_path_factory):
     from lookalikes import FAMILIES, build_lookalike
 
     return {key: build_lookalike(key, tmp_path_factory.mktemp(key)) for key in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def vqa_dataset(tmp_path_factory, tiny_model) -> Path:
+    """The tests' VQA split (tests/vqa_helpers.py) saved with `save_to_disk`. The human answers of rows 0–2
+    are built around the tiny model's own unpruned answer (10, 3 and 1 of 10 humans give it), so that the
+    unpruned accuracy there is 1, 0.9 and 0.3 and pruning can lose it."""
+    import torch
+
+    from gprune import AnalysisConfig, encode, run_method
+    from gprune.evaluate import VQA_PROMPT_SUFFIX
+    from gprune.images import load_image
+    from vqa_helpers import MAX_NEW_TOKENS, save_to_disk, vqa_rows
+
+    rows = vqa_rows()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the evaluation runs it (--threads 1)
+    try:
+        answers = {}
+        for row, agreeing in ((0, 10), (1, 3), (2, 1)):
+            encoded = encode(tiny_model, load_image(rows[row]["image"]["bytes"]), rows[row]["question"] + VQA_PROMPT_SUFFIX)
+            answer = run_method(tiny_model, encoded, "unpruned", AnalysisConfig(max_new_tokens=MAX_NEW_TOKENS)).answer
+            answers[row] = [answer] * agreeing + ["no"] * (10 - agreeing)
+    finally:
+        torch.set_num_threads(threads)
+    return save_to_disk(vqa_rows(answers), tmp_path_factory.mktemp("vqa") / "textvqa-mini")
+
+
+class EvaluatedRun:
+    """A finished `python -m gprune.evaluate` run folder (`folder`, inside `runs`) and what it printed."""
+
+    def __init__(self, runs, folder, stdout):
+        self.runs, self.folder, self.stdout = runs, folder, stdout
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory, vqa_dataset) -> EvaluatedRun:
+    """One process, every method at keep ratios 0.5 and 0.11, on `vqa_dataset`: the reference run of the tests."""
+    from vqa_helpers import run_evaluate
+
+    runs = tmp_path_factory.mktemp("runs")
+    done = run_evaluate(vqa_dataset, runs / "tiny-textvqa-mini")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return EvaluatedRun(runs, runs / "tiny-textvqa-mini", done.stdout)
