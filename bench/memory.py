@@ -78,7 +78,7 @@ def _runner(case: str, iterations: int, d: int, keep_ratio: float, longest: int)
     if case == "random":
         return lambda f, r, c, b: random_select(f.shape[0], r, c, keep_ratio, base_tokens=b)
     if case == "fastv":
-        from gprune.llm import last_token_attention
+        from gprune.llm import query_attention
         from gprune.packed import keep_top_per_view
 
         from .selection import TEXT_AFTER, TEXT_BEFORE, fastv_scorer
@@ -86,10 +86,14 @@ def _runner(case: str, iterations: int, d: int, keep_ratio: float, longest: int)
         heads = 32 if d >= 4096 else 4
         attention, normed, embeddings = fastv_scorer(d, heads, heads // 4, TEXT_BEFORE + longest + TEXT_AFTER)
 
+        positions = torch.arange(normed.shape[1])[None]
+        real = torch.ones_like(positions, dtype=torch.bool)
+
         @torch.inference_mode()
         def fastv(f, r, c, b):
             n = f.shape[0]
-            row = last_token_attention(attention, normed, embeddings, TEXT_BEFORE + n + TEXT_AFTER - 1)
+            query = torch.tensor([TEXT_BEFORE + n + TEXT_AFTER - 1])
+            row = query_attention(attention, normed, embeddings, positions, real, query, None)[0]
             return keep_top_per_view(row[TEXT_BEFORE : TEXT_BEFORE + n], r, c, keep_ratio, b)
 
         return fastv

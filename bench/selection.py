@@ -9,7 +9,7 @@ Cases, all timed in the same interleaved rounds on the same inputs (fp32, CPU):
 - `published`: G-Prune as the published code formulates it (matrix power, −5000 fill, softmax),
   re-implemented in bench/reference_impl.py.
 - `floor`: normalise + `X̂X̂ᵀ` of both graphs, the physical floor of any G-Prune implementation.
-- `fastv`: FastV's scoring (`last_token_attention` on a 7B-sized attention: hidden 4096, 32 heads,
+- `fastv`: FastV's scoring (`query_attention` on a 7B-sized attention: hidden 4096, 32 heads,
   8 KV heads, the whole prompt) + its top-k; `tome`, `l2norm`, `random`: the project's selectors.
 
 Goals (2,340-token layout): G-Prune ≥ 1.8× faster than the published formulation and ≤ 1.2× the floor.
@@ -31,7 +31,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotary
 from gprune.baselines import l2norm_select, random_select
 from gprune.graph import gprune_keep, gprune_select
 from gprune.layout import token_layout
-from gprune.llm import last_token_attention
+from gprune.llm import query_attention
 from gprune.packed import block_positions, keep_top_per_view
 from gprune.tiny import GRID_PINPOINTS
 from gprune.tome import tome_select
@@ -89,11 +89,13 @@ def build_cases(layout: Layout, features: torch.Tensor, args, scorer) -> dict:
     graph = dict(iterations=args.iterations, threshold=0.5, temperature=0.03, base_tokens=base)
     attention, normed, position_embeddings = scorer
     image_start = TEXT_BEFORE
-    query_index = normed.shape[1] - 1
+    positions = torch.arange(normed.shape[1])[None]
+    real = torch.ones_like(positions, dtype=torch.bool)
+    query_index = torch.tensor([normed.shape[1] - 1])
 
     @torch.inference_mode()
     def fastv():
-        row = last_token_attention(attention, normed, position_embeddings, query_index)
+        row = query_attention(attention, normed, position_embeddings, positions, real, query_index, None)[0]
         return keep_top_per_view(row[image_start : image_start + layout.n], rows, cols, args.keep_ratio, base)
 
     cases = {

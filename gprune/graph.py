@@ -76,6 +76,9 @@ def edge_weights(unit: torch.Tensor, threshold: float, temperature: float) -> tu
         edges = tile >= threshold
         edges[:, : stop - start].diagonal().fill_(True)
         tile.sub_(1.0).div_(temperature).exp_().mul_(edges)
+        # The self-loop's weight is exp(0) = 1, as in the published softmax (a row's largest entry is its own);
+        # it must not underflow for an all-zero feature, whose only edge it is.
+        tile[:, : stop - start].diagonal().fill_(1.0)
         weights[start:stop, start:] = tile
         weights[stop:, start:stop] = tile[:, stop - start :].T
         row_sum[start:stop] += tile.sum(dim=1)

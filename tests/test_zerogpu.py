@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from transformers import LlavaNextForConditionalGeneration
 
+import app_inputs
 import zerogpu
 from conftest import synthetic_image
 from deploy.space import SPACE_TORCH, ZEROGPU_PYTHON, ZEROGPU_TORCH, build_space, front_matter
@@ -51,7 +52,8 @@ def test_duration_functions_take_the_decorated_functions_arguments(app):
 def test_decorated_handlers_run_outside_zerogpu(app, tmp_path):
     path = tmp_path / "picture.png"
     synthetic_image(64, 48).save(path)
-    session, *_, summary = app.analyze_image(str(path), "What is here?", methods=["gprune", "fastv"], iterations=2,
+    upload = app_inputs.Upload(path.read_bytes(), path.name)  # what the image input hands the handler
+    session, *_, summary = app.analyze_image(upload, "What is here?", methods=["gprune", "fastv"], iterations=2,
                                              fastv_layer=1, max_new_tokens=2, progress=no_progress)
     assert summary["model"] == "tiny" and list(summary["results"]) == ["gprune", "fastv"]
     assert summary["prompt"] == {"system_prompt": "template", "system_text": None}
@@ -60,7 +62,7 @@ def test_decorated_handlers_run_outside_zerogpu(app, tmp_path):
     # The tiny model has no LLaVA system prompt: the setting is greyed out, and an API call is refused.
     assert app.NO_LLAVA_SYSTEM and "trained without a system prompt" in app.NO_LLAVA_SYSTEM
     with pytest.raises(gradio.Error, match="trained without a system prompt"):
-        app.analyze_image(str(path), "What?", methods=["random"], max_new_tokens=1, system_prompt="llava",
+        app.analyze_image(upload, "What?", methods=["random"], max_new_tokens=1, system_prompt="llava",
                           progress=no_progress)
 
 
