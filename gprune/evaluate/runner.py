@@ -32,7 +32,7 @@ from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
 from ..analysis import AnalysisConfig, run_grid
-from ..images import load_image
+from ..images import fit_image, load_image
 from ..loading import LoadedModel, load_model
 from ..pipeline import encode
 from ..result import PruneResult
@@ -158,7 +158,7 @@ def evaluate_example(loaded: LoadedModel, example: Example, settings: Settings, 
     if example.problem:
         return error_rows(example, example.problem, settings, process)
     try:
-        image = load_image(example.image_bytes)
+        image = fit_image(load_image(example.image_bytes))  # as the explorer decodes it, so a failure reopens alike
         encoded = encode(loaded, image, example.question + settings.prompt_suffix)
         reference, results = run_grid(loaded, encoded, settings.analysis, list(settings.keep_ratios))
     except EXAMPLE_ERRORS as error:
