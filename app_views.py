@@ -26,8 +26,7 @@ from PIL import Image
 
 import viz
 from gprune import (
-    KIND_BASE, KIND_GRID, LLAVA_NEXT_7B, METHOD_LABELS, Analysis, PruneResult, Selection, Timing, keep_top_per_view,
-    prefill_flops_ratio, tome_select,
+    KIND_BASE, KIND_GRID, LLAVA_NEXT_7B, METHOD_LABELS, Analysis, Selection, Timing, keep_top_per_view, tome_select,
 )
 from gprune.__main__ import save as save_analysis
 from gprune.checks import check_keep_ratio
@@ -383,21 +382,6 @@ def _same_height(frames: list[np.ndarray]) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------------------------- compare
 
 
-def shown_flops_ratio(analysis: Analysis, result: PruneResult) -> float:
-    """Prefill FLOPs ratio as shown: the model's own, or at LLaVA-NeXT-7B shapes for a random-weight model.
-
-    A toy model's tiny hidden width makes the quadratic attention term dominate (and FastV's K unpruned
-    layers a large share of 4), so its own ratio says nothing about the checkpoint it stands in for. The
-    token counts are the run's; FastV keeps its configured K.
-    """
-    if not is_toy(analysis):
-        return result.flops_ratio
-    prune_layer = analysis.config.fastv_layer if result.method == "fastv" else 0
-    return prefill_flops_ratio(result.sequence_before, result.sequence_after, LLAVA_NEXT_7B, prune_layer)
-
-
-def flops_label(analysis: Analysis) -> str:
-    return f"FLOPs at {LLAVA_NEXT_7B.name} shapes" if is_toy(analysis) else "FLOPs"
 
 
 def timing_text(timing: Timing | None) -> str:
@@ -466,7 +450,7 @@ def comparison_html(analysis: Analysis) -> str:
             "<tr>"
             f"<td data-label='method'><b>{METHOD_LABELS[name]}</b></td>"
             f"<td data-label='tokens kept'>{result.tokens_after:,}/{result.tokens_before:,}</td>"
-            f"<td data-label='{flops_label(analysis)}'>{_percent(shown_flops_ratio(analysis, result))}</td>"
+            f"<td data-label='{analysis.flops_label}'>{_percent(analysis.reported_flops_ratio(result))}</td>"
             f"<td data-label='selection'>{'–' if name == 'unpruned' else timing_text(result.selection_timing)}</td>"
             f"<td data-label='prefill'>{timing_text(result.prefill_timing)}</td>"
             f"<td data-label='answer' class='gprune-answer-cell'>"
@@ -475,7 +459,7 @@ def comparison_html(analysis: Analysis) -> str:
         )
     toy = is_toy(analysis)
     header = ("<tr><th>method</th><th>visual tokens kept</th>"
-              f"<th>prefill {flops_label(analysis)} (vs unpruned)</th>"
+              f"<th>prefill {analysis.flops_label} (vs unpruned)</th>"
               f"<th>selection time{' (toy)' if toy else ''}</th><th>prefill time{' (toy)' if toy else ''}</th>"
               f"<th>{'toy ' if toy else ''}answer (vs unpruned)</th></tr>")
     notes = [f"Answers, FLOPs and timings at <b>ρ = {run_ratio}</b> (the ratio that was run)."]

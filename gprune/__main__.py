@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'method':<10} {'tokens':>11} {'FLOPs':>7} {'select ms':>17} {'prefill ms':>17}  answer")
     for result in rows:
         print(f"{METHOD_LABELS[result.method]:<10} {result.tokens_after:>5}/{result.tokens_before:<5} "
-              f"{result.flops_ratio:>6.1%} {timing_text(result.selection_timing):>17} {timing_text(result.prefill_timing):>17}"
-              f"  {result.answer!r}")
+              f"{analysis.reported_flops_ratio(result):>6.1%} {timing_text(result.selection_timing):>17} "
+              f"{timing_text(result.prefill_timing):>17}  {result.answer!r}")
+    if analysis.random_weights:
+        print(f"FLOPs: prefill FLOPs vs unpruned at {analysis.flops_label.removeprefix('FLOPs at ')} "
+              "(the toy model's own widths would overstate attention)")
     if timed:
         print(f"timings: median [min–max] of {args.timing_rounds} rounds after a warm-up; FastV's selection is inside its prefill")
     for path in save(analysis, args.out):

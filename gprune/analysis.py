@@ -16,7 +16,7 @@ from PIL import Image
 
 from .baselines import l2norm_select, random_select
 from .checks import check_iterations, check_keep_ratio, check_temperature, check_threshold
-from .flops import prefill_flops
+from .flops import LLAVA_NEXT_7B, prefill_flops, prefill_flops_ratio
 from .graph import gprune_select
 from .layout import TokenLayout
 from .limits import MAX_NEW_TOKENS
@@ -98,6 +98,22 @@ class Analysis:
     system_text: str | None = None  # what `config.system_prompt` put before the chat template
     precomputed: Precomputed | None = None
     origin: str | None = None
+
+    def reported_flops_ratio(self, result: PruneResult) -> float:
+        """Prefill FLOPs ratio to report: the model's own, or at LLaVA-NeXT-7B shapes for a random-weight model.
+
+        A toy model's tiny hidden width makes the quadratic attention term dominate (and FastV's K unpruned
+        layers a large share of its few), so its own ratio says nothing about the checkpoint it stands in for.
+        The token counts are the run's; FastV keeps its configured K.
+        """
+        if not self.random_weights:
+            return result.flops_ratio
+        prune_layer = self.config.fastv_layer if result.method == "fastv" else 0
+        return prefill_flops_ratio(result.sequence_before, result.sequence_after, LLAVA_NEXT_7B, prune_layer)
+
+    @property
+    def flops_label(self) -> str:
+        return f"FLOPs at {LLAVA_NEXT_7B.name} shapes" if self.random_weights else "FLOPs"
 
     def summary(self) -> dict:
         return {
