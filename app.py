@@ -56,7 +56,7 @@ from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, a
                     token_layout)
 from gprune.bundle import model_family
 from gprune.loading import resolve_model_name
-from gprune.images import fit_image, load_image
+from gprune.images import MODEL_MAX_SIDE, fit_image, load_image
 
 
 def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
@@ -76,7 +76,6 @@ def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # checked from the header, before any decoding ...
 MAX_DECODED_BYTES = 120_000_000  # ... as is the memory the decoded pixels take (30 megapixels of colour)
-MODEL_MAX_SIDE = 1344  # larger uploads are downscaled before the model (LLaVA-NeXT's largest tile canvas is 1008)
 try:
     # A session's results are dropped this long after the Run (or sweep) that stored them ...
     SESSION_TTL_S = env_setting("GPRUNE_SESSION_TTL_S", 2 * 3600, float, minimum=1)
@@ -111,7 +110,9 @@ try:
     MODEL_NAME = LOADED.name if LOADED else resolve_model_name(OPTIONS.model)
 except ValueError as error:
     sys.exit(f"error: {error}")
-BUNDLES = Bundles(Path(os.environ.get("GPRUNE_BUNDLES") or ASSETS / "precomputed"), model_family(MODEL_NAME))
+BUNDLES = Bundles(Path(os.environ.get("GPRUNE_BUNDLES") or ASSETS / "precomputed"), model_family(MODEL_NAME),
+                  layers=LOADED.model.config.text_config.num_hidden_layers if LOADED else None,
+                  random_weights=LOADED.random_weights if LOADED else None)
 if LOADED is None and not len(BUNDLES):
     sys.exit(f"error: --bundles-only, but there are no precomputed examples of {MODEL_NAME!r} to serve; make them "
              f"with `python -m gprune precompute --model {MODEL_NAME}` (or start without --bundles-only)")
@@ -270,51 +271,77 @@ def read_flag(value, label: str) -> bool:
     return value
 
 
-def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=5,
-                  fastv_layer=DEFAULT_FASTV_LAYER, methods=METHODS, max_new_tokens=32, view="grid",
-                  system_prompt="template", measure_timings=False, progress=gr.Progress(), request: gr.Request = None):
-    """Run the unpruned model and every chosen method once (or open the matching precomputed example); keep the
-    results in this session."""
+def read_run(image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
+             view, system_prompt, measure_timings):
+    """The checked inputs of a Run: `(picture, question, config, view)`."""
     picture = read_image(image)
     question = read_question(question)
     rounds = TIMING_ROUNDS if read_flag(measure_timings, "Measure timings") else 0
     config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
                          system_prompt, rounds)
-    view = shown(views.check_view)(view)
+    return picture, question, config, shown(views.check_view)(view)
+
+
+def precomputed_analysis(image: Upload, picture: Image.Image, question: str, config: AnalysisConfig):
+    """`(analysis, its stored sweep)` from the bundle matching this Run, or `(None, None)`."""
     bundle = BUNDLES.find(image.data, question, config)
-    if bundle is not None:
+    if bundle is None:
+        return None, None
+    try:
         analysis = BUNDLES.analysis(bundle, picture, config)
-    elif LOADED is None:
-        raise gr.Error(BUNDLES_ONLY)
-    else:
+    except ValueError as error:  # e.g. decoded at another size by another version of the code: not served
+        print(f"precomputed examples: {bundle.path.name} not served: {error}", file=sys.stderr)
+        return None, None
+    stored = bundle.meta["stability"]  # a copy per session, with the curves of the methods asked for
+    stability = stored and {"keep_ratios": list(stored["keep_ratios"]),
+                            "curves": {m: list(stored["curves"][m]) for m in ("unpruned", *config.methods)}}
+    return analysis, stability
+
+
+def analysis_outputs(analysis: Analysis, stability, image: Upload, view: str, request) -> tuple:
+    """Keep `analysis` in a new session and draw what a Run shows first."""
+    session = StoredSession(**vars(views.new_session(analysis, image_name=image.name)))
+    session.stability = stability
+    remember_run(request)
+    heatmap, mask = (None, None)
+    if "gprune" in analysis.results:
+        heatmap, mask, _ = views.iteration_pictures(session, view, analysis.config.iterations)
+    return (session, heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
+            analysis.summary())
+
+
+def analyze_image(image, question, keep_ratio=0.5, threshold=0.5, temperature=0.03, iterations=5,
+                  fastv_layer=DEFAULT_FASTV_LAYER, methods=METHODS, max_new_tokens=32, view="grid",
+                  system_prompt="template", measure_timings=False, progress=gr.Progress(), request: gr.Request = None):
+    """Run the unpruned model and every chosen method once (or open the matching precomputed example); keep the
+    results in this session."""
+    picture, question, config, view = read_run(image, question, keep_ratio, threshold, temperature, iterations,
+                                               fastv_layer, methods, max_new_tokens, view, system_prompt,
+                                               measure_timings)
+    analysis, stability = precomputed_analysis(image, picture, question, config)
+    if analysis is None:
+        if LOADED is None:
+            raise gr.Error(BUNDLES_ONLY)
         try:
             analysis = run_model(picture, question, config, progress)
         except gr.Error:
             raise
         except ValueError as error:
             raise gr.Error(str(error)) from None
-    session = StoredSession(**vars(views.new_session(analysis, image_name=image.name)))
-    if bundle is not None:
-        session.stability = bundle.meta["stability"]
-    remember_run(request)
-    heatmap, mask = (None, None)
-    if "gprune" in analysis.results:
-        heatmap, mask, _ = views.iteration_pictures(session, view, config.iterations)
-    return (session, heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
-            analysis.summary())
+    return analysis_outputs(analysis, stability, image, view, request)
 
 
 def open_example(image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
                  max_new_tokens, view, system_prompt, measure_timings, request: gr.Request = None):
     """An example was clicked: show its precomputed result at once if one matches the settings; otherwise the
-    example only fills the inputs (no model call until Run)."""
-    config = make_config(keep_ratio, threshold, temperature, iterations, fastv_layer, methods, max_new_tokens,
-                         system_prompt, TIMING_ROUNDS if measure_timings is True else 0)
-    if image is None or BUNDLES.find(image.data, question, config) is None:
-        # Stops the chain quietly: the inputs are filled, the user presses Run.
+    example only fills the inputs (the model runs on Run, in the GPU queue, never here)."""
+    picture, question, config, view = read_run(image, question, keep_ratio, threshold, temperature, iterations,
+                                               fastv_layer, methods, max_new_tokens, view, system_prompt,
+                                               measure_timings)
+    analysis, stability = precomputed_analysis(image, picture, question, config)
+    if analysis is None:  # stops the chain quietly: the inputs are filled, the user presses Run
         raise gr.Error("No precomputed result for these settings: press Run.", visible=False, print_exception=False)
-    return analyze_image(image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
-                         max_new_tokens, view, system_prompt, measure_timings, request=request)
+    return analysis_outputs(analysis, stability, image, view, request)
 
 
 @shown
@@ -530,6 +557,12 @@ BANNER_RANDOM = (
     "`--model llava-hf/llava-v1.6-mistral-7b-hf` (or `GPRUNE_MODEL`) on a GPU for real answers."
 )
 
+BANNER_RANDOM_PRECOMPUTED = (
+    "⚠️ **Toy model: these precomputed results come from the offline `tiny` LLaVA-NeXT with random weights.** "
+    "Their answers, scores and timings are a toy's; the pruning mechanics, token layout and budgets are real, and "
+    "FLOPs are computed at LLaVA-NeXT-7B shapes."
+)
+
 INTRO = """# G-Prune Explorer
 Training-free visual-token pruning for LLaVA-NeXT, made visible. LLaVA-NeXT turns one image into ~2,000–2,900
 visual tokens: a **base view** (the whole image squashed to 336×336 → 24×24 = 576 tokens) and a
@@ -613,7 +646,7 @@ def example_rows() -> list[list[str]]:
     listing = ASSETS / "examples.json"
     if listing.is_file():
         try:
-            entries = json.loads(listing.read_text())
+            entries = json.loads(listing.read_text(encoding="utf-8"))
             rows = [[str(ASSETS / e["file"]), e.get("question", DEFAULT_QUESTION)] for e in entries
                     if (ASSETS / e["file"]).is_file()]
             if rows:
@@ -702,7 +735,7 @@ def build_demo() -> gr.Blocks:
         playing = gr.State(False)
         gr.Markdown(INTRO, elem_id="intro")
         if RANDOM_WEIGHTS:
-            gr.Markdown(BANNER_RANDOM, elem_id="random-weights-banner")
+            gr.Markdown(BANNER_RANDOM if LOADED else BANNER_RANDOM_PRECOMPUTED, elem_id="random-weights-banner")
         elif LOADED is not None:
             gr.Markdown(f"Model: `{LOADED.name}` on {LOADED.device} in {str(LOADED.dtype).removeprefix('torch.')}.")
         if LOADED is None:

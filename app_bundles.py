@@ -23,18 +23,27 @@ IGNORED_SETTINGS = ("timing_rounds", "methods")
 
 
 class Bundles:
-    """The bundles one server serves: those of its model family (`family`), read once at start-up."""
+    """The bundles one server serves: those of its model family (`family`), read once at start-up.
 
-    def __init__(self, folder: Path, family: str, log=sys.stderr):
+    With a model loaded, its depth and whether its weights are random must be the bundle's too: a fine-tune or
+    a look-alike folder of the same name is another model."""
+
+    def __init__(self, folder: Path, family: str, *, layers: int | None = None, random_weights: bool | None = None,
+                 log=sys.stderr):
         found, problems = read_bundles(folder)
         self.family = family
         self.by_key: dict[BundleKey, Bundle] = {}
         for key, bundle in found.items():
-            if key.model_family == family:
-                self.by_key[key] = bundle
-            else:
+            model = bundle.meta["model"]
+            if key.model_family != family:
                 problems.append(f"bundle {bundle.path.name} was computed on {key.model_family!r}, this server runs "
                                 f"{family!r}: ignored")
+            elif (layers, random_weights) != (None, None) and (model["layers"], model["random_weights"]) != (
+                    layers, random_weights):
+                problems.append(f"bundle {bundle.path.name} was computed on a {model['layers']}-layer model with "
+                                f"{'random' if model['random_weights'] else 'trained'} weights, not this server's: ignored")
+            else:
+                self.by_key[key] = bundle
         for problem in problems:
             print(f"precomputed examples: {problem}", file=log)
 

@@ -14,17 +14,7 @@ from pathlib import Path
 
 from gradio import processing_utils
 
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a temporary file next to `path` and rename it into place: readers see the old file or the new one."""
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+from gprune.files import write_atomically
 
 
 class SessionFiles:

@@ -29,6 +29,7 @@ from gprune import (
     KIND_BASE, KIND_GRID, LLAVA_NEXT_7B, METHOD_LABELS, Analysis, Selection, Timing, keep_top_per_view, tome_select,
 )
 from gprune.__main__ import save as save_analysis
+from gprune.analysis import DEFAULT_SWEEP_RATIOS
 from gprune.checks import check_keep_ratio
 from gprune.images import fit_image
 from gprune.stats import SIMILARITY_PAIRS, pair_similarities
@@ -42,7 +43,7 @@ VIEW_SHORT = {"base": "base view", "grid": "high-res grid"}
 COLOUR_MODES = viz.COLOUR_MODES
 COLOUR_MODE_NAMES = {"rank": "rank within this view", "log": "log scale", "linear": "linear, 2nd–98th percentile"}
 HEATMAP_CMAP = "inferno"
-STABILITY_RATIOS = (1.0, 0.75, 0.5, 0.25, 0.11, 0.05)
+STABILITY_RATIOS = DEFAULT_SWEEP_RATIOS  # what precomputed bundles store
 ANSWER_PREVIEW_WORDS = 10
 TOY_NOTE = "Toy model (random weights): not a trained LLaVA-NeXT"
 SOURCES_LISTED = 5

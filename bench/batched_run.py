@@ -2,6 +2,7 @@
 after another, next to the physical limit of batching.
 
     python -m bench.batched_run            # the tiny model and the mid-size CPU model of bench.prefill (~5 min)
+    python -m bench.batched_run --gpu      # LLaVA-NeXT-7B shapes (Mistral-7B + CLIP-L/336), random bf16, on CUDA
     python -m bench.batched_run --quick    # the tiny model, one round, 4 new tokens (smoke test)
 
 Both sides run the same code (`gprune.analysis.run_methods`, the path of the app's Run and of `patch`): the
@@ -21,12 +22,14 @@ import statistics
 import sys
 import time
 
+import torch
+
 from gprune.analysis import METHODS, AnalysisConfig, run_methods
 from gprune.loading import load_model
 from gprune.pipeline import encode
 
 from .common import Quiet, contention_line, machine, machine_line, markdown_table, paired_ratio, write_results
-from .models import MID_TEXT, SMALL_VISION, build_random_llava, describe, synthetic_image
+from .models import CLIP_L_336, MID_TEXT, MISTRAL_7B_TEXT, SMALL_VISION, build_random_llava, describe, synthetic_image
 
 QUESTION = "What is shown in this image? Describe the picture in detail."
 GOAL = 0.5
@@ -93,6 +96,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batched_run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model only, one round, 4 new tokens")
+    parser.add_argument("--gpu", action="store_true", help="LLaVA-NeXT-7B shapes in bf16 on CUDA instead")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--keep-ratio", type=float, default=0.5, help="the app's default")
@@ -103,9 +107,16 @@ def main(argv=None) -> int:
         args.rounds, args.new_tokens = 1, 4
     info = machine()
     print(f"machine: {machine_line(info)}", file=sys.stderr, flush=True)
-    models = [("tiny", load_model("tiny", device="cpu"))]
-    if not args.quick:
-        models.append(("mid-size (bench.prefill)", build_random_llava(MID_TEXT, SMALL_VISION, name="bench-mid")))
+    if args.gpu:
+        if not torch.cuda.is_available():
+            print("skipped: --gpu needs CUDA", file=sys.stderr)
+            return 0
+        models = [("LLaVA-NeXT-7B shapes (bf16)", build_random_llava(MISTRAL_7B_TEXT, CLIP_L_336, device="cuda",
+                                                                     dtype=torch.bfloat16, name="bench-7b"))]
+    else:
+        models = [("tiny", load_model("tiny", device="cpu"))]
+        if not args.quick:
+            models.append(("mid-size (bench.prefill)", build_random_llava(MID_TEXT, SMALL_VISION, name="bench-mid")))
     image = synthetic_image(640, 480)
     measurements, rows = {}, []
     for name, loaded in models:
@@ -120,7 +131,8 @@ def main(argv=None) -> int:
     markdown = "\n".join([
         "# Batched Run: one batch of answers ÷ one after another", "", f"Machine: {machine_line(info)}.", "",
         f"A Run = vision tower + reference + {', '.join(METHODS)} at keep ratio {args.keep_ratio:g}, "
-        f"{args.new_tokens} new tokens, 640×480 image, fp32 on the CPU, random weights. Medians of {args.rounds} "
+        f"{args.new_tokens} new tokens, 640×480 image, {'bf16 on CUDA' if args.gpu else 'fp32 on the CPU'}, random "
+        f"weights. Medians of {args.rounds} "
         "interleaved rounds after a warm-up of both paths; the ratio is taken inside each round; `(mins)` divides "
         "the fastest runs. " + contention_line(shares) + " " + next(iter(measurements.values()))["quiet"], "",
         markdown_table(COLUMNS, rows), "",
@@ -131,7 +143,8 @@ def main(argv=None) -> int:
     print(markdown)
     if not args.no_write:
         data = {"machine": info, "args": vars(args), "measurements": measurements}
-        for path in write_results("batched_run_quick" if args.quick else "batched_run", data, markdown):
+        name = "batched_run_quick" if args.quick else "batched_run_gpu" if args.gpu else "batched_run"
+        for path in write_results(name, data, markdown):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

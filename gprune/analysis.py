@@ -207,18 +207,19 @@ def run_methods(loaded: LoadedModel, encoded: EncodedPrompt, jobs: list[tuple[st
     """Select with each `(method, keep_ratio)` job ("unpruned" = the reference), then generate every answer:
     each prompt is prefilled alone, and all are decoded as one batch (`batched=False`: one after another)."""
     report = report or (lambda fraction, message: None)
+    share = 0.6 if config.timing_rounds else 1.0  # of the progress bar, before the timing rounds
     prompts, selections = [], []
     for index, (method, ratio) in enumerate(jobs):
-        report(index / (len(jobs) + 1), f"selecting with {METHOD_LABELS[method]}")
+        report(share * index / (len(jobs) + 1), f"selecting with {METHOD_LABELS[method]}")
         prompt, selection = method_prompt(encoded, method, config, ratio)
         prompts.append(prompt)
         selections.append(selection)
-    report(len(jobs) / (len(jobs) + 1), f"generating {len(jobs)} answers" + (" as one batch" if batched else ""))
+    report(share * len(jobs) / (len(jobs) + 1), f"generating {len(jobs)} answers" + (" as one batch" if batched else ""))
     generations = generate_many(loaded, prompts, max_new_tokens=config.max_new_tokens, batched=batched)
     results = [_result(loaded, encoded, method, config, ratio, selection, generation)
                for (method, ratio), selection, generation in zip(jobs, selections, generations)]
     if config.timing_rounds:
-        report(1.0, f"timing {config.timing_rounds} rounds")
+        report(share, f"timing {config.timing_rounds} rounds of every method")
         time_rounds(loaded, encoded, config, jobs, prompts, results)
     return results
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 
 from .analysis import Analysis, AnalysisConfig
+from .files import write_atomically
 from .layout import KIND_BASE, KIND_GRID, TokenLayout
 from .result import Precomputed, PruneResult, Selection
 from .stats import pair_similarities
@@ -71,8 +71,8 @@ def precompute_views(analysis: Analysis, ratios=KEEP_RATIO_GRID) -> Precomputed:
 def write_bundle(analysis: Analysis, image_bytes: bytes, folder: Path, name: str, *, created: str, code_version: str,
                  layers: int, stability: dict | None = None, precomputed: Precomputed | None = None) -> Path:
     """Write `folder/NAME.json` and `folder/NAME.npz` for `analysis` (of the image file `image_bytes`, by a model
-    with `layers` decoder layers); returns the JSON path. Both files are written to temporary names first, so
-    a reader never sees half a bundle."""
+    with `layers` decoder layers); returns the JSON path. Each file is written whole or not at all, and the JSON
+    holds the arrays' hash, so a JSON beside arrays of another write is refused when read."""
     if analysis.features is None and precomputed is None:
         raise ValueError("an analysis without features needs its precomputed views to be bundled")
     precomputed = precomputed or precompute_views(analysis)
@@ -109,8 +109,9 @@ def write_bundle(analysis: Analysis, image_bytes: bytes, folder: Path, name: str
     json_path, npz_path = folder / f"{name}.json", folder / f"{name}.npz"
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    _write_atomically(npz_path, buffer.getvalue())
-    _write_atomically(json_path, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode())
+    meta["arrays_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()  # pairs the two files
+    write_atomically(npz_path, buffer.getvalue())
+    write_atomically(json_path, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     return json_path
 
 
@@ -170,24 +171,37 @@ def read_bundle(json_path: Path) -> Bundle:
     """Read one bundle; `ValueError` (saying what to do) if it is of another version, incomplete or corrupt."""
     json_path = Path(json_path)
     try:
-        meta = json.loads(json_path.read_text())
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(f"bundle {json_path.name} cannot be read ({type(error).__name__}); regenerate it") from None
     version = meta.get("bundle_version") if isinstance(meta, dict) else None
     if version != BUNDLE_VERSION:
         raise ValueError(f"bundle {json_path.name} has format version {version!r}, this code reads version "
                          f"{BUNDLE_VERSION}; regenerate it with `python -m gprune precompute`")
+    npz_path = json_path.with_suffix(".npz")
     try:
-        with np.load(json_path.with_suffix(".npz"), allow_pickle=False) as data:
+        raw = npz_path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != meta.get("arrays_sha256"):
+            raise ValueError("they belong to another write of this bundle")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"bundle {json_path.name}: its arrays ({json_path.with_suffix('.npz').name}) cannot be "
-                         f"read ({type(error).__name__}); regenerate it") from None
+        reason = str(error) if isinstance(error, ValueError) and "another write" in str(error) else type(error).__name__
+        raise ValueError(f"bundle {json_path.name}: its arrays ({npz_path.name}) cannot be read ({reason}); "
+                         "regenerate it") from None
     expected = [f"{m}/kept" for m in meta.get("results", {})] + [f"similarity/{view}" for view in VIEW_KINDS]
     missing = [key for key in expected + [f"layout/{key}" for key in LAYOUT_ARRAYS] if key not in arrays]
     if missing:
         raise ValueError(f"bundle {json_path.name} is incomplete (missing {', '.join(missing)}); regenerate it")
-    return Bundle(json_path, meta, arrays)
+    bundle = Bundle(json_path, meta, arrays)
+    try:  # what matching and restoring read: present and of the right kinds
+        hash(bundle.key)
+        AnalysisConfig(**meta["config"])
+        int(meta["model"]["layers"]), bool(meta["model"]["random_weights"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"bundle {json_path.name} has malformed metadata ({type(error).__name__}: {error}); "
+                         "regenerate it") from None
+    return bundle
 
 
 def read_bundles(folder: Path) -> tuple[dict[BundleKey, Bundle], list[str]]:
@@ -198,6 +212,10 @@ def read_bundles(folder: Path) -> tuple[dict[BundleKey, Bundle], list[str]]:
             bundle = read_bundle(path)
         except ValueError as error:
             problems.append(str(error))
+            continue
+        if bundle.key in bundles:
+            problems.append(f"bundles {bundles[bundle.key].path.name} and {path.name} are for the same image, "
+                            f"question and model; {path.name} is ignored")
             continue
         bundles[bundle.key] = bundle
     return bundles, problems
@@ -234,9 +252,3 @@ def _selection(kept, scores=None, degree=None, neighbors=None, neighbor_weights=
         groups = [group.astype(np.int64) for group in np.split(members, np.cumsum(counts)[:-1])]
     return Selection(kept_positions=kept, scores=scores, groups=groups, degree=degree, neighbors=neighbors,
                      neighbor_weights=neighbor_weights, seconds=seconds)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageMode, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+MODEL_MAX_SIDE = 1344  # larger images are downscaled for the model (LLaVA-NeXT's largest tile canvas is 1008)
 DEFAULT_MAX_BYTES = 4 * DEFAULT_MAX_PIXELS
 MIN_SIDE = 2
 # Pillow opens dozens of formats (PSD, EPS through Ghostscript, DDS, QOI, …), each a parser exposed to the
@@ -65,7 +66,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     )
 
 
-def fit_image(image: Image.Image, max_side: int = 1344) -> Image.Image:
+def fit_image(image: Image.Image, max_side: int = MODEL_MAX_SIDE) -> Image.Image:
     """Downsize (aspect kept, Lanczos) so the longer side is at most `max_side`; otherwise return `image` itself."""
     if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < MIN_SIDE:
         raise ValueError(f"max_side must be a whole number >= {MIN_SIDE}, got {max_side!r}")

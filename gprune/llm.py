@@ -57,10 +57,14 @@ class GrowingLayer(DynamicLayer):
 
 
 class GrowingCache(DynamicCache):
-    """A `DynamicCache` (what `generate` expects) of `GrowingLayer`s, one per decoder layer, never cropped."""
+    """A `DynamicCache` (what `generate` expects) of `GrowingLayer`s, one per decoder layer, never cropped.
+
+    `decode_state` is the `DecodeState` this cache belongs to, so that a patched model's forward finds it from
+    the cache `generate` hands back (and it goes when the cache does)."""
 
     def __init__(self, layers: list[GrowingLayer] | None = None):
         Cache.__init__(self, layers=layers, layer_class_to_replicate=None if layers else GrowingLayer)
+        self.decode_state: DecodeState | None = None
 
 
 @dataclass
@@ -132,6 +136,9 @@ class DecodeState:
     layer_group: list[int]
     next_positions: torch.Tensor
 
+    def __post_init__(self):
+        self.cache.decode_state = self
+
 
 @dataclass
 class PrefillOutput:
@@ -194,8 +201,7 @@ def attention_mask(config, embeds: torch.Tensor, q_positions: torch.Tensor, kv_p
         allowed &= (q_positions[:, :, None] - kv_positions[:, None, :]) < window
     allowed[:, torch.arange(q, device=embeds.device), query_index] = True
     allowed = allowed[:, None]  # (B, 1, q, kv)
-    check_attention(config)
-    if config._attn_implementation == "sdpa":
+    if config._attn_implementation == "sdpa":  # else "eager" (`prefill` refuses the others)
         return allowed
     return torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
         ~allowed, torch.finfo(embeds.dtype).min)
@@ -257,10 +263,20 @@ def _fastv_prune(fastv: FastVPlan, attention: torch.Tensor, hidden, positions, r
     return hidden, positions, real, seen, image_attention
 
 
+def _synced_clock(tensor: torch.Tensor) -> float:
+    """`time.perf_counter()` once the device of `tensor` finished its queued work (CUDA runs asynchronously)."""
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+    return time.perf_counter()
+
+
 @torch.no_grad()
 def prefill(language_model, rows: Rows, fastv: FastVPlan | None = None) -> PrefillOutput:
     """Run every decoder layer over a left-padded batch, filling a new cache (FastV prunes rows after layer K−1)."""
     config = language_model.config
+    check_attention(config)
+    if fastv is not None and not 1 <= fastv.layer < len(language_model.layers):
+        raise ValueError(f"FastV's layer K must be from 1 to {len(language_model.layers) - 1}, got {fastv.layer!r}")
     windows = layer_windows(config)
     cache = GrowingCache()  # full layers: sliding windows are applied by the position-based masks
     hidden, positions, real = rows.embeds, rows.positions, rows.real
@@ -273,20 +289,20 @@ def prefill(language_model, rows: Rows, fastv: FastVPlan | None = None) -> Prefi
     selection_seconds = 0.0
     for index, layer in enumerate(language_model.layers):
         if fastv is not None and index == fastv.layer:
-            start = time.perf_counter()
+            start = _synced_clock(hidden)
             hidden, positions, real, seen, image_attention = _fastv_prune(fastv, scoring_row, hidden, positions, real, seen)
-            selection_seconds += time.perf_counter() - start
+            selection_seconds += _synced_clock(hidden) - start
             group_real.append(real)
             group_positions.append(positions)
             position_embeddings = language_model.rotary_emb(hidden, position_ids=positions)
             masks = {}
         if fastv is not None and index == fastv.layer - 1:
-            start = time.perf_counter()
+            start = _synced_clock(hidden)
             padding = real.shape[1] - real.sum(dim=1)
             query_index = torch.as_tensor(fastv.queries, device=real.device) + padding
             scoring_row = query_attention(layer.self_attn, layer.input_layernorm(hidden), position_embeddings,
                                           positions, real, query_index, windows[index])
-            selection_seconds += time.perf_counter() - start
+            selection_seconds += _synced_clock(hidden) - start
         window = windows[index]
         if window not in masks:
             masks[window] = attention_mask(config, hidden, positions, positions, real, window)
@@ -323,8 +339,9 @@ def decode_step(language_model, embeds: torch.Tensor, state: DecodeState) -> tor
 
 
 def merge_states(states: list[DecodeState]) -> DecodeState:
-    """One batch from several decode states (e.g. rows prefilled separately): every layer's keys, values
-    and masks are left-padded to the longest cache of that layer, then stacked along the batch."""
+    """One batch from several decode states (e.g. rows prefilled separately): every layer's keys and values,
+    and the padding flags and position ids of its group, are left-padded to the longest cache of that layer,
+    then stacked along the batch."""
     layers = len(states[0].layer_group)
     layers_out, groups, layer_group = [], {}, []
     for index in range(layers):

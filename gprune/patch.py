@@ -26,7 +26,7 @@ from transformers import LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import LlavaNextModelOutputWithPast
 
 from .analysis import METHODS, AnalysisConfig, fastv_choose, fastv_selection, select_before_llm
-from .llm import DecodeState, FastVPlan, Rows, check_attention, decode_step, prefill
+from .llm import FastVPlan, Rows, check_attention, decode_step, prefill
 from .pipeline import splice_image
 from .result import Selection
 
@@ -37,13 +37,15 @@ STATE = "_gprune_patch"
 class PatchState:
     """The settings of a patched model and what its last prefill decided.
 
-    `decode`: the cache and masks decoding continues from (None before the first prefill or without a cache);
-    `selections`: per row of the last prefill, what the method kept (None for rows without an image)."""
+    `selections`: per row of the last prefill, what the method kept (None for rows without an image).
+    `replaced`: the instance's own `forward` / `generate` attributes before patching (e.g. hooks), restored by
+    `unpatch`. Decoding state is not kept here but on the cache `generate` passes along (`GrowingCache`), so it
+    is freed with it and two `generate` calls never share it."""
 
     method: str
     config: AnalysisConfig
-    decode: DecodeState | None = None
     selections: list[Selection | None] = field(default_factory=list)
+    replaced: dict = field(default_factory=dict)
 
 
 def patch(model: LlavaNextForConditionalGeneration, method: str = "gprune", keep_ratio: float = 0.5, *,
@@ -66,7 +68,10 @@ def patch(model: LlavaNextForConditionalGeneration, method: str = "gprune", keep
     if model.config.vision_feature_select_strategy != "default":
         raise ValueError("pruning needs vision_feature_select_strategy='default' (CLS dropped), as in the llava-hf "
                          f"checkpoints; this model has {model.config.vision_feature_select_strategy!r}")
-    setattr(model.model, STATE, PatchState(method, config))
+    previous = getattr(model.model, STATE, None)
+    replaced = previous.replaced if previous else {
+        "forward": vars(model.model).get("forward"), "generate": vars(model).get("generate")}
+    setattr(model.model, STATE, PatchState(method, config, replaced=replaced))
     model.model.forward = types.MethodType(_pruned_forward, model.model)
     model.generate = types.MethodType(_checked_generate, model)
     return model
@@ -76,8 +81,13 @@ def unpatch(model: LlavaNextForConditionalGeneration) -> LlavaNextForConditional
     """Remove the patch: the class's own `forward` and `generate` serve the instance again."""
     if not is_patched(model):
         raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
-    for owner, name in ((model.model, "forward"), (model, "generate"), (model.model, STATE)):
-        delattr(owner, name)
+    replaced = getattr(model.model, STATE).replaced
+    for owner, name in ((model.model, "forward"), (model, "generate")):
+        if replaced[name] is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, replaced[name])
+    delattr(model.model, STATE)
     return model
 
 
@@ -88,7 +98,8 @@ def is_patched(model) -> bool:
 def selections(model: LlavaNextForConditionalGeneration) -> list[Selection | None]:
     """What the last prefill of a patched model kept, per row of its batch (None for a row without an image).
 
-    `kept_positions` index each row's packed image block `[576 base | rows × (cols + 1)]`."""
+    `kept_positions` index each row's packed image block `[576 base | rows × (cols + 1)]`; for FastV,
+    `seconds` is the whole batch's scoring time (the rows are scored together)."""
     if not is_patched(model):
         raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
     return list(getattr(model.model, STATE).selections)
@@ -105,6 +116,9 @@ def _checked_generate(self, *args, **kwargs):
     if setting("cache_implementation") not in (None, "dynamic"):
         raise ValueError(f"cache_implementation={setting('cache_implementation')!r} is not supported on a patched model; "
                          "pruned rows need the dynamic cache (leave cache_implementation unset)")
+    if setting("prefill_chunk_size"):
+        raise ValueError("chunked prefill is not supported on a patched model: pruning needs each row's whole "
+                         "image at once; leave prefill_chunk_size unset")
     if kwargs.get("past_key_values") is not None:
         raise ValueError("a patched model starts every generate from an empty cache; do not pass past_key_values")
     if state.method == "fastv" and setting("use_cache") is False:
@@ -145,11 +159,12 @@ def _pruned_forward(self, input_ids=None, pixel_values=None, image_sizes=None, a
     if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         raise ValueError("a patched model does not return attentions or hidden states (the sequence is pruned)")
     language_model = self.language_model
-    if state.decode is not None and past_key_values is state.decode.cache:
+    decode = getattr(past_key_values, "decode_state", None)  # set on the cache this forward's prefill returned
+    if decode is not None:
         if input_ids is None or input_ids.shape[1] != 1:
             raise ValueError("a patched model decodes one new token per row and step")
-        hidden = decode_step(language_model, self.get_input_embeddings()(input_ids), state.decode)
-        return LlavaNextModelOutputWithPast(last_hidden_state=hidden, past_key_values=state.decode.cache)
+        hidden = decode_step(language_model, self.get_input_embeddings()(input_ids), decode)
+        return LlavaNextModelOutputWithPast(last_hidden_state=hidden, past_key_values=decode.cache)
     if past_key_values is not None and past_key_values.get_seq_length() > 0:
         raise ValueError("a patched model cannot continue from a cache it did not fill; start from an empty one")
     if input_ids is None:
@@ -199,6 +214,5 @@ def _pruned_forward(self, input_ids=None, pixel_values=None, image_sizes=None, a
         row_selections = [fastv_selection(seen, *span, attention, out.selection_seconds) if span else None
                           for span, seen, attention in zip(spans, out.seen, out.image_attention)]
     state.selections = row_selections
-    state.decode = out.state if use_cache is not False else None
     return LlavaNextModelOutputWithPast(last_hidden_state=out.hidden,
                                         past_key_values=out.state.cache if use_cache is not False else None)

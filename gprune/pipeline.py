@@ -133,20 +133,18 @@ def kept_sequence(encoded: EncodedPrompt, selection: Selection) -> tuple[torch.T
     return sequence_index, embeds[None]
 
 
-def _fastv_plan(prompts: list[Prompt]) -> FastVPlan | None:
-    """One batch plan from the prompts' own FastV settings (rows without FastV are not pruned)."""
-    layers = {p.fastv[0] for p in prompts if p.fastv is not None}
-    if not layers:
+def _fastv_plan(prompt: Prompt) -> FastVPlan | None:
+    """The plan of a prompt FastV prunes (scored by its last prompt token), else None."""
+    if prompt.fastv is None:
         return None
-    if len(layers) > 1:
-        raise ValueError(f"prompts batched together must share FastV's layer K, got {sorted(layers)}")
-    spans = tuple(p.fastv[1] if p.fastv is not None else None for p in prompts)
-    queries = tuple(p.inputs_embeds.shape[1] - 1 for p in prompts)
-    choosers = [p.fastv[2] if p.fastv is not None else None for p in prompts]
-    return FastVPlan(layers.pop(), spans, queries, lambda row, attention: choosers[row](attention))
+    layer, span, choose = prompt.fastv
+    return FastVPlan(layer, (span,), (prompt.inputs_embeds.shape[1] - 1,), lambda row, attention: choose(attention))
 
 
 def _rows(prompts: list[Prompt]) -> Rows:
+    for prompt in prompts:  # decoding continues at the last kept position + 1, which must be L
+        if int(prompt.sequence_index[-1]) + 1 != prompt.length:
+            raise ValueError("a prompt must keep its last token (the text after the image)")
     return Rows.pad([p.inputs_embeds[0] for p in prompts], [p.sequence_index for p in prompts])
 
 
@@ -168,7 +166,7 @@ def prefill_prompt(loaded: LoadedModel, prompt: Prompt) -> tuple[PrefillOutput, 
     """Prefill one prompt alone: `(output, greedy first token (1,), wall seconds up to that token)`."""
     _sync(loaded.device)
     start = time.perf_counter()
-    out = prefill(loaded.model.model.language_model, _rows([prompt]), _fastv_plan([prompt]))
+    out = prefill(loaded.model.model.language_model, _rows([prompt]), _fastv_plan(prompt))
     first_id = loaded.model.lm_head(out.hidden[:, -1]).argmax(-1)
     _sync(loaded.device)
     return out, first_id, time.perf_counter() - start
@@ -180,26 +178,24 @@ def generate_many(loaded: LoadedModel, prompts: list[Prompt], *, max_new_tokens:
     all are decoded as one batch (`batched=False`: one after another). Positions are the original indices
     and generated token t sits at `L + t` (METHOD.md §2.8)."""
     stop = eos_ids(loaded)
-    outputs, first_ids, prefill_seconds = [], [], []
+    states, first_ids, facts = [], [], []
     for prompt in prompts:
         out, first_id, seconds = prefill_prompt(loaded, prompt)
-        outputs.append(out)
+        states.append(out.state)  # only the decode state is kept: the prefill's hidden states go now
         first_ids.append(first_id)
-        prefill_seconds.append(seconds)
+        facts.append((prompt.sequence_index[out.seen[0]], out.image_attention[0], out.selection_seconds, seconds))
     groups = [list(range(len(prompts)))] if batched else [[i] for i in range(len(prompts))]
     answers, step_seconds = [None] * len(prompts), [0.0] * len(prompts)
     for group in groups:
-        state = merge_states([outputs[i].state for i in group]) if len(group) > 1 else outputs[group[0]].state
+        state = merge_states([states[i] for i in group]) if len(group) > 1 else states[group[0]]
+        for i in group:  # the merged state holds copies: free the per-prompt caches before decoding
+            states[i] = None
         tokens, seconds = _greedy(loaded, state, torch.cat([first_ids[i] for i in group]), max_new_tokens, stop)
         for i, row_tokens in zip(group, tokens):
             answers[i], step_seconds[i] = row_tokens, seconds
     decode = loaded.processor.tokenizer.decode
-    return [
-        Generation(answers[i], decode(answers[i], skip_special_tokens=True).strip(),
-                   prompt.sequence_index[outputs[i].seen[0]], outputs[i].image_attention[0],
-                   outputs[i].selection_seconds, prefill_seconds[i], step_seconds[i])
-        for i, prompt in enumerate(prompts)
-    ]
+    return [Generation(answers[i], decode(answers[i], skip_special_tokens=True).strip(), *facts[i], step_seconds[i])
+            for i in range(len(prompts))]
 
 
 def _greedy(loaded: LoadedModel, state: DecodeState, next_ids: torch.Tensor, max_new_tokens: int,
@@ -253,7 +249,7 @@ def answer_log_probabilities(loaded: LoadedModel, prompts: list[Prompt], answer_
     answer = torch.tensor(answer_token_ids, device=device)
     answer_embeds = loaded.model.get_input_embeddings()(answer[None])[0]
     batches: dict[tuple, list[int]] = {}
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(prompts):  # FastV prompts alone: each scores by its own last prompt token
         key = (prompt.inputs_embeds.shape[1],) if prompt.fastv is None else ("fastv", i)
         batches.setdefault(key, []).append(i)
     log_probabilities = [0.0] * len(prompts)
@@ -263,7 +259,7 @@ def answer_log_probabilities(loaded: LoadedModel, prompts: list[Prompt], answer_
             [torch.cat([p.inputs_embeds[0], answer_embeds.to(p.inputs_embeds.dtype)]) for p in batch],
             [torch.cat([p.sequence_index, p.length + torch.arange(len(answer), device=device)]) for p in batch],
         )
-        out = prefill(language_model, rows, _fastv_plan(batch))
+        out = prefill(language_model, rows, _fastv_plan(batch[0]) if len(batch) == 1 else None)
         # The logits that predict the answer: from the last prompt token up to the last-but-one answer token.
         predicting = out.hidden[:, -len(answer) - 1 : -1]
         log_probs = loaded.model.lm_head(predicting).float().log_softmax(-1)

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .analysis import DEFAULT_SWEEP_RATIOS, METHOD_LABELS, Analysis, AnalysisConfig, analyze, answer_stability
-from .bundle import precompute_views, write_bundle
+from .bundle import write_bundle
 from .images import fit_image, load_image
 from .loading import load_model
 from .pipeline import encode
@@ -44,8 +44,9 @@ def code_version() -> str:
 def read_examples(path: Path) -> list[tuple[Path, str]]:
     """`[(image file, question)]` from an examples.json (`[{"file": …, "question": …}]`, files beside it)."""
     try:
-        entries = json.loads(Path(path).read_text())
-        examples = [(Path(path).parent / entry["file"], entry["question"]) for entry in entries]
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+        # Stripped, as the app reads a question: a bundle is found by the exact text.
+        examples = [(Path(path).parent / entry["file"], entry["question"].strip()) for entry in entries]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} must be a JSON list of {{\"file\": …, \"question\": …}} entries ({error})") from None
     missing = [str(file) for file, _ in examples if not file.is_file()]
@@ -102,24 +103,30 @@ def main(argv=None) -> int:
         return 2
     created = time.strftime("%Y-%m-%d")
     code = code_version()
-    rows = []
+    rows, failed = [], 0
     for file, question in examples:
         start = time.perf_counter()
         image_bytes = file.read_bytes()
-        image = fit_image(load_image(image_bytes))
-        analysis = analyze(loaded, image, question, config)
-        encoded = encode(loaded, image, question, system_prompt=config.system_prompt)
-        curves = answer_stability(loaded, encoded, analysis.reference.answer_token_ids, list(DEFAULT_SWEEP_RATIOS), config)
+        try:
+            image = fit_image(load_image(image_bytes))
+            analysis = analyze(loaded, image, question, config)
+            encoded = encode(loaded, image, question, system_prompt=config.system_prompt)
+            curves = answer_stability(loaded, encoded, analysis.reference.answer_token_ids, list(DEFAULT_SWEEP_RATIOS),
+                                      config)
+        except ValueError as error:  # one bad example: say so, make the others
+            print(f"error: {file.name}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         stability = {"keep_ratios": list(DEFAULT_SWEEP_RATIOS), "curves": {m: [float(v) for v in c] for m, c in curves.items()}}
         path = write_bundle(analysis, image_bytes, args.out, file.stem, created=created, code_version=code,
-                            layers=loaded.model.config.text_config.num_hidden_layers, stability=stability,
-                            precomputed=precompute_views(analysis))
+                            layers=loaded.model.config.text_config.num_hidden_layers, stability=stability)
         rows.append((file.stem, analysis))
         print(f"wrote {path} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     report = args.out / "report.md"
-    report.write_text(report_markdown(rows, loaded.name, str(loaded.device), str(loaded.dtype), created, code) + "\n")
+    report.write_text(report_markdown(rows, loaded.name, str(loaded.device), str(loaded.dtype), created, code) + "\n",
+                      encoding="utf-8")
     print(f"wrote {report}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

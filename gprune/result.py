@@ -60,6 +60,8 @@ class PruneResult:
     `method` is one of `gprune.METHODS` or `"unpruned"`. Token counts are visual tokens of the image
     block; `sequence_*` count the whole prompt. FLOPs are theoretical prefill FLOPs (METHOD.md §5).
     `prefill_seconds` is the single prefill of the answer run (not a measurement on its own);
+    `decode_seconds_per_token` is one decode step of the batch the answers were decoded in (shared by every
+    method of a Run, so it says nothing about one method's decoding speed);
     `selection_timing` / `prefill_timing` are repeated runs after a warm-up when the analysis asked for
     timing rounds, else None.
     """

@@ -115,13 +115,17 @@ def test_a_bundle_for_another_image_size_is_refused(tiny_analysis, written):
 def test_precompute_command_writes_a_bundle_and_a_report_per_example(tmp_path):
     examples = tmp_path / "examples.json"
     synthetic_image(200, 150).save(tmp_path / "small.png")
-    examples.write_text(json.dumps([{"file": "small.png", "question": "What is in the image?"}]))
+    synthetic_image(1000, 4).save(tmp_path / "ribbon.png")  # too thin for the model's grid: an error, not the end
+    examples.write_text(json.dumps([{"file": "ribbon.png", "question": "What?"},
+                                    {"file": "small.png", "question": " What is in the image? "}]))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "gprune", "precompute", "--model", "tiny", "--examples", str(examples),
                            "--out", str(out), "--timing-rounds", "1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 1 and "error: ribbon.png: a 1000×4 image is too thin" in done.stderr, done.stderr[-2000:]
+    assert not (out / "ribbon.json").exists()
     bundle = read_bundle(out / "small.json")
+    assert bundle.key.question == "What is in the image?"  # stripped, as the app reads a question
     assert bundle.meta["config"]["timing_rounds"] == 1 and bundle.meta["model"]["name"] == "tiny"
     assert set(bundle.meta["results"]) == {"unpruned", "gprune", "fastv", "tome", "l2norm", "random"}
     assert len(bundle.arrays["tome_by_ratio/ratios"]) == 100 and len(bundle.meta["stability"]["keep_ratios"]) == 6

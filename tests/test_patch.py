@@ -185,6 +185,7 @@ def test_without_a_cache_pre_llm_methods_recompute_the_same_answer(tiny_model, i
     (lambda m, i: m.generate(**i, max_new_tokens=2, prompt_lookup_num_tokens=3), "prompt-lookup decoding is not supported"),
     (lambda m, i: m.generate(**i, max_new_tokens=2, cache_implementation="static"), "cache_implementation='static'"),
     (lambda m, i: m(**i, output_attentions=True), "does not return attentions"),
+    (lambda m, i: m.generate(**i, max_new_tokens=2, prefill_chunk_size=64), "chunked prefill is not supported"),
 ])
 def test_unsupported_generation_modes_are_refused(tiny_model, images, call, message):
     inputs = inputs_for(tiny_model, images[:1])
@@ -264,3 +265,29 @@ def test_look_alike_checkpoints_batch_one_equals_analyze_and_batches_equal_batch
             unpatch(loaded.model)
         assert singles == ours, method
         assert [until_eos(row) for row in batch[:, inputs["input_ids"].shape[1]:].tolist()] == singles, method
+
+
+def test_decoding_state_goes_with_the_cache_and_unpatch_restores_the_instance(tiny_model, images):
+    """Two generate calls never share decoding state (it lives on each call's cache), and unpatch gives back
+    what the instance had before patch (e.g. another library's forward hook), not just the class's methods."""
+    model = tiny_model.model
+    hooked = []
+    model.model.forward = lambda *args, **kwargs: hooked.append(1) or type(model.model).forward(model.model, *args, **kwargs)
+    own_forward = vars(model.model)["forward"]
+    try:
+        inputs = inputs_for(tiny_model, images[:1])
+        patch(model, method="gprune", **SETTINGS)
+        patch(model, method="l2norm", **SETTINGS)  # patching again keeps the original to restore
+        with torch.no_grad():
+            first = model(**inputs, use_cache=True).past_key_values
+            second = model(**inputs, use_cache=True).past_key_values
+        assert first.decode_state is not second.decode_state and first.decode_state.cache is first
+        assert not hasattr(getattr(model.model, "_gprune_patch"), "decode")
+        unpatch(model)
+        assert vars(model.model)["forward"] is own_forward and "generate" not in vars(model)
+        with torch.no_grad():
+            model(**inputs)
+        assert hooked  # the restored hook runs again
+    finally:
+        vars(model.model).pop("forward", None)
+

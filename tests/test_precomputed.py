@@ -124,6 +124,25 @@ def test_stale_foreign_and_broken_bundles_are_left_out_with_a_message(tmp_path):
     assert "rocket.json was computed on 'llava-v1.6-vicuna-7b-hf', this server runs 'tiny': ignored" in joined
 
 
+def test_bundles_of_another_model_of_the_same_name_or_twice_the_same_key_are_left_out(tmp_path):
+    for suffix in (".json", ".npz"):
+        (tmp_path / f"chelsea{suffix}").write_bytes((BUNDLES / f"chelsea{suffix}").read_bytes())
+        (tmp_path / f"chelsea-again{suffix}").write_bytes((BUNDLES / f"chelsea{suffix}").read_bytes())
+    log = io.StringIO()
+    assert len(Bundles(tmp_path, "tiny", layers=8, random_weights=True, log=log)) == 0
+    # Files are read in name order: "chelsea-again" first, so "chelsea" is the duplicate.
+    assert "chelsea-again.json was computed on a 4-layer model with random weights, not this server's: ignored" \
+        in log.getvalue()
+    assert "bundles chelsea-again.json and chelsea.json are for the same image, question and model; chelsea.json is " \
+           "ignored" in log.getvalue()
+    assert len(Bundles(tmp_path, "tiny", layers=4, random_weights=True, log=io.StringIO())) == 1
+    meta = json.loads((tmp_path / "chelsea.json").read_text())
+    del meta["example"]
+    (tmp_path / "chelsea.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="chelsea.json has malformed metadata"):
+        read_bundle(tmp_path / "chelsea.json")
+
+
 def test_a_bundle_is_served_only_for_its_image_question_and_settings():
     bundles = Bundles(BUNDLES, "tiny", log=io.StringIO())
     entry = EXAMPLES[0]

@@ -18,13 +18,11 @@ import fcntl
 import hashlib
 import io
 import json
-import os
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..analysis import METHODS
+from ..files import write_atomically
 
 UNPRUNED = "unpruned"
 METHOD_ORDER = (UNPRUNED, *METHODS)
@@ -58,21 +57,14 @@ KEY_COLUMNS = ("row", "method", "keep_ratio")
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
-def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write `path` through a temporary file in the same folder, synced, then renamed into place."""
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_atomically(path, lambda file: file.write((json.dumps(data, indent=2) + "\n").encode()))
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 @dataclass
@@ -179,7 +171,7 @@ class RunFolder:
         path = self.images / name
         if not path.is_file():
             self.images.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, lambda file: file.write(data))
+            write_atomically(path, data)
         return f"images/{name}"
 
     # ------------------------------------------------------------------------------------------ merge
@@ -202,7 +194,7 @@ class RunFolder:
         table = table.append_column("method_order", order)
         table = table.sort_by([("row", "ascending"), ("keep_ratio", "descending"), ("method_order", "ascending")])
         table = table.drop_columns(["method_order"])
-        write_atomically(self.results, lambda file: pq.write_table(table, file))
+        write_atomically(self.results, parquet_bytes(table))
         counts: dict[int, int] = {}
         for row in table["row"].to_pylist():
             counts[row] = counts.get(row, 0) + 1
@@ -234,6 +226,6 @@ class ShardWriter:
             return
         table = pa.Table.from_pylist(self.buffer, schema=RESULT_SCHEMA)
         path = self.folder / f"{self.prefix}-{self.written:05d}.parquet"
-        write_atomically(path, lambda file: pq.write_table(table, file))
+        write_atomically(path, parquet_bytes(table))
         self.written += 1
         self.buffer, self.examples = [], 0
