@@ -285,9 +285,22 @@ def multipart(parts: int, size: int):
     yield b"--cut--\r\n"
 
 
+def upload_part_files(folder: Path) -> set[Path]:
+    """The files Gradio's upload parser writes while a multipart body streams in (NamedTemporaryFile: tmp…)."""
+    return {p for p in folder.iterdir() if p.is_file() and p.name.startswith("tmp")}
+
+
+def wait_for_no_upload_parts(folder: Path, seconds: float) -> set[Path]:
+    deadline = time.monotonic() + seconds
+    while (parts := upload_part_files(folder)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return parts
+
+
 def test_upload_requests_are_capped_and_cut_uploads_leave_no_file(app_process):
     uploads = app_process.log_path.parent / "gradio"
-    files_before = {p for p in uploads.iterdir() if p.is_file()}
+    # Earlier tests' requests (on this shared server) may still be unwinding: start from a settled folder.
+    assert not wait_for_no_upload_parts(uploads, 60), "part files of earlier uploads were never removed"
     url = app_process.url.rstrip("/") + "/gradio_api/upload"
     headers = {"content-type": "multipart/form-data; boundary=cut"}
     # Two files of 15 MB: each under the 20 MB cap, together over it; with and without a Content-Length.
@@ -302,10 +315,7 @@ def test_upload_requests_are_capped_and_cut_uploads_leave_no_file(app_process):
                            b"boundary=cut\r\nContent-Length: 10000000\r\n\r\n" + next(multipart(1, 0)) + bytes(3_000_000))
     # Gradio writes upload parts to temporary files there; none may be left behind (the last request may still be
     # unwinding for a moment after the disconnect).
-    deadline = time.monotonic() + 30
-    while {p for p in uploads.iterdir() if p.is_file()} - files_before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not {p for p in uploads.iterdir() if p.is_file()} - files_before
+    assert not wait_for_no_upload_parts(uploads, 60)
     assert httpx.post(url, content=b"".join(multipart(1, 3_000_000)), headers=headers).status_code == 200
 
 
