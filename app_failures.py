@@ -273,12 +273,11 @@ def _shown(function):
 
 def build_failures_tab(demo: gr.Blocks, runs_dir: Path | None, explorer: ExplorerInputs, app_model: str) -> None:
     """Add the Failures tab (inside the caller's `gr.Tabs` of `demo`) and wire a click on an example to `explorer`;
-    each page load re-lists the runs and opens the first."""
+    each page load re-lists the runs and opens the first. Without a runs folder there is no tab (a public demo
+    has no runs; an empty tab would only crowd a phone's tab bar)."""
+    if runs_dir is None:
+        return
     with gr.Tab("Failures"):
-        if runs_dir is None:
-            gr.Markdown(f"No runs folder: start the app with `--runs DIR` (or `{RUNS_ENV}=DIR`) to browse the runs of "
-                        "`python -m gprune.evaluate --out DIR/NAME` here.")
-            return
         gr.Markdown(FAILURES_TEXT)
         names = list_runs(runs_dir)
         with gr.Row():

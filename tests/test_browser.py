@@ -62,7 +62,11 @@ class Browser:
             self.page.wait_for_timeout(250)
 
     def tab(self, name: str) -> None:
-        self.page.get_by_role("tab", name=name, exact=True).click()
+        tab = self.page.get_by_role("tab", name=name, exact=True)
+        if not tab.is_visible():  # a narrow tab row overflows into Gradio's "More tabs" menu
+            self.page.locator("button[aria-label='More tabs']").first.click()
+            tab = self.page.locator(".overflow-dropdown button", has_text=name)
+        tab.click()
 
     def horizontal_overflow(self) -> int:
         """How many pixels the page is wider than the viewport (0 = no sideways scrolling)."""
