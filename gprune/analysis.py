@@ -265,13 +265,22 @@ def analyze(
     report = progress or (lambda fraction, message: None)
     report(0.0, "encoding image")
     encoded = encode(loaded, image, question, system_prompt=config.system_prompt)
+    analysis = analyze_encoded(loaded, encoded, image, question, config,
+                               report=lambda f, message: report(0.1 + 0.9 * f, message))
+    report(1.0, "done")
+    return analysis
+
+
+def analyze_encoded(loaded: LoadedModel, encoded: EncodedPrompt, image: Image.Image, question: str,
+                    config: AnalysisConfig, report: Progress | None = None) -> Analysis:
+    """`analyze` on a prompt already encoded (by `encode(loaded, image, question, system_prompt=…)`), for callers
+    that reuse the encoding (the sweep of a precomputed example)."""
     jobs = [("unpruned", 1.0)] + [(method, config.keep_ratio) for method in config.methods]
-    results = run_methods(loaded, encoded, jobs, config, report=lambda f, message: report(0.1 + 0.9 * f, message))
+    results = run_methods(loaded, encoded, jobs, config, report=report)
     features = encoded.packed_features.detach().float().cpu().numpy()
     analysis = Analysis(config, loaded.name, loaded.random_weights, question, image, encoded.layout, features, results[0],
                         system_text=loaded.system_text(config.system_prompt))
     analysis.results = {result.method: result for result in results[1:]}
-    report(1.0, "done")
     return analysis
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .analysis import DEFAULT_SWEEP_RATIOS, METHOD_LABELS, Analysis, AnalysisConfig, analyze, answer_stability
+from .analysis import DEFAULT_SWEEP_RATIOS, METHOD_LABELS, Analysis, AnalysisConfig, analyze_encoded, answer_stability
 from .bundle import write_bundle
 from .images import fit_image, load_image
 from .loading import load_model
@@ -109,8 +109,8 @@ def main(argv=None) -> int:
         image_bytes = file.read_bytes()
         try:
             image = fit_image(load_image(image_bytes))
-            analysis = analyze(loaded, image, question, config)
-            encoded = encode(loaded, image, question, system_prompt=config.system_prompt)
+            encoded = encode(loaded, image, question, system_prompt=config.system_prompt)  # once: Run and sweep
+            analysis = analyze_encoded(loaded, encoded, image, question, config)
             curves = answer_stability(loaded, encoded, analysis.reference.answer_token_ids, list(DEFAULT_SWEEP_RATIOS),
                                       config)
         except ValueError as error:  # one bad example: say so, make the others
