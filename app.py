@@ -55,7 +55,7 @@ from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice,
 from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model,
                     token_layout)
 from gprune.bundle import model_family
-from gprune.loading import resolve_model_name
+from gprune.loading import SHAPES, resolve_model_name
 from gprune.images import MODEL_MAX_SIDE, fit_image, load_image
 
 
@@ -120,6 +120,7 @@ NUM_LAYERS = LOADED.model.config.text_config.num_hidden_layers if LOADED else BU
 DEFAULT_FASTV_LAYER = min(2, NUM_LAYERS - 1)
 GPU_COST = zerogpu.CostModel(LOADED) if LOADED else None
 RANDOM_WEIGHTS = LOADED.random_weights if LOADED else next(iter(BUNDLES.by_key.values())).meta["model"]["random_weights"]
+SHAPES_MODEL = MODEL_NAME == SHAPES
 BUNDLES_ONLY = ("This server shows precomputed examples only (no model is loaded): click one of the examples and "
                 "keep the default settings, or run the app with a model for other images and settings.")
 try:
@@ -563,6 +564,13 @@ BANNER_RANDOM_PRECOMPUTED = (
     "FLOPs are computed at LLaVA-NeXT-7B shapes."
 )
 
+BANNER_SHAPES = (
+    "ℹ️ **Small model: this server runs `shapes`, a LLaVA-NeXT of the real architecture (CLIP-336/14, anyres grid) "
+    "trained here from scratch on synthetic shapes** (easy-VQA and generated scenes). It really answers questions "
+    "about such images (colour, shape, how many, left or right, the printed digit); on photos its answers mean "
+    "nothing. Its timings are a small model's on a CPU; FLOPs are computed at LLaVA-NeXT-7B shapes."
+)
+
 INTRO = """# G-Prune Explorer
 Training-free visual-token pruning for LLaVA-NeXT, made visible. LLaVA-NeXT turns one image into ~2,000–2,900
 visual tokens: a **base view** (the whole image squashed to 336×336 → 24×24 = 576 tokens) and a
@@ -736,6 +744,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO, elem_id="intro")
         if RANDOM_WEIGHTS:
             gr.Markdown(BANNER_RANDOM if LOADED else BANNER_RANDOM_PRECOMPUTED, elem_id="random-weights-banner")
+        elif SHAPES_MODEL:
+            gr.Markdown(BANNER_SHAPES, elem_id="shapes-model-banner")
         elif LOADED is not None:
             gr.Markdown(f"Model: `{LOADED.name}` on {LOADED.device} in {str(LOADED.dtype).removeprefix('torch.')}.")
         if LOADED is None:

@@ -32,6 +32,8 @@ from gprune.__main__ import save as save_analysis
 from gprune.analysis import DEFAULT_SWEEP_RATIOS
 from gprune.checks import check_keep_ratio
 from gprune.images import fit_image
+from gprune.loading import SHAPES
+from gprune.train.scenes import looks_like_flat_shapes
 from gprune.stats import SIMILARITY_PAIRS, pair_similarities
 
 DISPLAY_MAX_SIDE = 768
@@ -45,8 +47,9 @@ COLOUR_MODE_NAMES = {"rank": "rank within this view", "log": "log scale", "linea
 HEATMAP_CMAP = "inferno"
 STABILITY_RATIOS = DEFAULT_SWEEP_RATIOS  # what precomputed bundles store
 ANSWER_PREVIEW_WORDS = 10
-TOY_NOTE = "Toy model (random weights): not a trained LLaVA-NeXT"
 SOURCES_LISTED = 5
+PHOTO_WARNING = ("This image is not like the flat synthetic shapes the `shapes` model was trained on: its answers "
+                 "here mean nothing (the pruning itself is still real).")
 KEPT_SWATCH_RGB = (190, 190, 190)
 DROPPED_SWATCH_RGB = (55, 55, 55)
 
@@ -152,12 +155,18 @@ def cell_name(analysis: Analysis, token: int) -> str:
 
 
 def is_toy(analysis: Analysis) -> bool:
-    return analysis.random_weights
+    """A toy-size model: the random-weight `tiny` or the small `shapes` model trained here."""
+    return analysis.toy_note is not None
 
 
 def toy_note(analysis: Analysis) -> str:
-    """The warning every figure of a random-weight model carries ("" for a real checkpoint)."""
-    return TOY_NOTE if is_toy(analysis) else ""
+    """The note every figure of a toy-size model carries ("" for a real checkpoint)."""
+    return analysis.toy_note or ""
+
+
+def photo_for_shapes_model(analysis: Analysis) -> bool:
+    """The `shapes` model asked about an image unlike its flat synthetic training images (a photo, say)."""
+    return analysis.model_name == SHAPES and not looks_like_flat_shapes(analysis.image)
 
 
 def _percent(value: float) -> str:
@@ -465,8 +474,12 @@ def comparison_html(analysis: Analysis) -> str:
               f"<th>{'toy ' if toy else ''}answer (vs unpruned)</th></tr>")
     notes = [f"Answers, FLOPs and timings at <b>ρ = {run_ratio}</b> (the ratio that was run)."]
     if toy:
-        notes.append(f"<b class='gprune-toy'>Toy model with random weights: its answers are meaningless and its "
-                     f"timings are of a tiny model on this server's CPU.</b> FLOPs are computed for "
+        what = ("Toy model with random weights: its answers are meaningless" if analysis.random_weights else
+                f"{analysis.toy_note}: its answers mean something on such images only")
+        if photo_for_shapes_model(analysis):
+            notes.append(f"<b class='gprune-toy'>{PHOTO_WARNING}</b>")
+        notes.append(f"<b class='gprune-toy'>{what}, and its timings are of a tiny model on this server's CPU.</b> "
+                     f"FLOPs are computed for "
                      f"{LLAVA_NEXT_7B.name}'s language model (d = {LLAVA_NEXT_7B.hidden}, m = {LLAVA_NEXT_7B.ffn}, "
                      f"L = {LLAVA_NEXT_7B.layers}) at these token counts; FastV pays K = {analysis.config.fastv_layer} "
                      "unpruned layers.")
@@ -742,7 +755,7 @@ def export_zip(session: Session) -> bytes:
             "input.png      the exact image the model saw\n"
             "figures/       slide-ready PNGs (titles and legends in the picture) and the iteration GIFs,\n"
             f"               all at the keep ratio that was run (ρ = {_ratio(analysis.config.keep_ratio)})\n"
-            + (f"\n{TOY_NOTE}: random weights, meaningless answers.\n" if is_toy(analysis) else "")
+            + (f"\n{toy_note(analysis)}.\n" if is_toy(analysis) else "")
             + f"\nReproduce:\n  {reproduce_command(analysis)}\n"
         ))
     return buffer.getvalue()

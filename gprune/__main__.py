@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gprune", description=__doc__)
     parser.add_argument("image", help="path of the image to analyse")
     parser.add_argument("question", help="question to ask about the image")
-    parser.add_argument("--model", default="auto", help="'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else tiny")
+    parser.add_argument("--model", default="auto", help="'shapes' (offline, trained here on synthetic shapes), 'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else tiny")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--keep-ratio", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=5)
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if analysis.random_weights:
         print("note: the tiny model has random weights: answers are meaningless and timings are of a toy model; "
               "the pruning itself (kept tokens, budgets, FLOPs formula) is real", file=sys.stderr)
+    elif analysis.toy_note:
+        print(f"note: {analysis.toy_note}: its answers mean something on such images only, and its timings are a "
+              "small model's", file=sys.stderr)
     rows = [analysis.reference, *analysis.results.values()]
     timed = args.timing_rounds > 0
     print(f"{'method':<10} {'tokens':>11} {'FLOPs':>7} {'select ms':>17} {'prefill ms':>17}  answer")
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{METHOD_LABELS[result.method]:<10} {result.tokens_after:>5}/{result.tokens_before:<5} "
               f"{analysis.reported_flops_ratio(result):>6.1%} {timing_text(result.selection_timing):>17} "
               f"{timing_text(result.prefill_timing):>17}  {result.answer!r}")
-    if analysis.random_weights:
+    if analysis.toy_note:
         print(f"FLOPs: prefill FLOPs vs unpruned at {analysis.flops_label.removeprefix('FLOPs at ')} "
               "(the toy model's own widths would overstate attention)")
     if timed:

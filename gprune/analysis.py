@@ -20,7 +20,7 @@ from .flops import LLAVA_NEXT_7B, prefill_flops, prefill_flops_ratio
 from .graph import gprune_select
 from .layout import TokenLayout
 from .limits import MAX_NEW_TOKENS
-from .loading import LoadedModel
+from .loading import LoadedModel, toy_model_note
 from .packed import keep_top_per_view
 from .pipeline import (EncodedPrompt, Generation, Prompt, answer_log_probabilities, encode, generate_many, kept_sequence,
                        prefill_prompt)
@@ -99,21 +99,27 @@ class Analysis:
     precomputed: Precomputed | None = None
     origin: str | None = None
 
+    @property
+    def toy_note(self) -> str | None:
+        """What every figure of this run must say about its model (random weights, or the small `shapes`
+        model); None for a real checkpoint."""
+        return toy_model_note(self.model_name, self.random_weights)
+
     def reported_flops_ratio(self, result: PruneResult) -> float:
-        """Prefill FLOPs ratio to report: the model's own, or at LLaVA-NeXT-7B shapes for a random-weight model.
+        """Prefill FLOPs ratio to report: the model's own, or at LLaVA-NeXT-7B shapes for a toy-size model.
 
         A toy model's tiny hidden width makes the quadratic attention term dominate (and FastV's K unpruned
         layers a large share of its few), so its own ratio says nothing about the checkpoint it stands in for.
         The token counts are the run's; FastV keeps its configured K.
         """
-        if not self.random_weights:
+        if self.toy_note is None:
             return result.flops_ratio
         prune_layer = self.config.fastv_layer if result.method == "fastv" else 0
         return prefill_flops_ratio(result.sequence_before, result.sequence_after, LLAVA_NEXT_7B, prune_layer)
 
     @property
     def flops_label(self) -> str:
-        return f"FLOPs at {LLAVA_NEXT_7B.name} shapes" if self.random_weights else "FLOPs"
+        return f"FLOPs at {LLAVA_NEXT_7B.name} shapes" if self.toy_note else "FLOPs"
 
     def summary(self) -> dict:
         return {

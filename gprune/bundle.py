@@ -26,6 +26,7 @@ from PIL import Image
 from .analysis import Analysis, AnalysisConfig
 from .files import write_atomically
 from .layout import KIND_BASE, KIND_GRID, TokenLayout
+from .loading import SHAPES
 from .result import Precomputed, PruneResult, Selection
 from .stats import pair_similarities
 from .timing import Timing
@@ -131,7 +132,8 @@ class Bundle:
     @property
     def label(self) -> str:
         """"precomputed on MODEL at DATE" for the UI."""
-        kind = "random-weight toy model " if self.meta["model"]["random_weights"] else ""
+        kind = ("random-weight toy model " if self.meta["model"]["random_weights"]
+                else "the small synthetic-shapes model " if self.meta["model"]["name"] == SHAPES else "")
         return f"precomputed on {kind}{self.meta['model']['name']} at {self.meta['created']}"
 
     def analysis(self, image: Image.Image) -> Analysis:

@@ -1,4 +1,4 @@
-"""Load a LLaVA-NeXT checkpoint (hub id or local directory) or the offline random-weight `tiny` model.
+"""Load a LLaVA-NeXT checkpoint (hub id or local directory), the shipped `shapes` model or the random-weight `tiny`.
 
 Loading is a pure function: no global cache here, the app decides what to keep.
 """
@@ -23,7 +23,11 @@ from . import checkpoint
 from .tiny import build_tiny
 
 TINY = "tiny"
+SHAPES = "shapes"
 AUTO = "auto"
+# The small LLaVA-NeXT trained here on synthetic shapes (gprune.train), shipped in the hub layout.
+SHAPES_PATH = Path(__file__).resolve().parents[1] / "assets" / "models" / "shapes"
+SHAPES_NOTE = "Small LLaVA-NeXT trained here on synthetic shapes (easy-VQA and generated scenes)"
 DEFAULT_GPU_MODEL = "llava-hf/llava-v1.6-mistral-7b-hf"
 KNOWN_MODELS = (
     "llava-hf/llava-v1.6-mistral-7b-hf",
@@ -60,17 +64,25 @@ class LoadedModel:
 
 
 def resolve_model_name(name: str) -> str:
-    """`"auto"` → the 7B default when CUDA is available, else `"tiny"`; any other name is returned as is."""
+    """`"auto"` → the 7B default when CUDA is available, else `"tiny"`; any other name is returned as is.
+    (`auto` stays on `tiny` until the `shapes` model reaches its accuracy targets; see its model card.)"""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"model name must be 'auto', 'tiny', a Hugging Face Hub id or a local directory, got {name!r}")
+        raise ValueError(f"model name must be 'auto', 'shapes', 'tiny', a Hugging Face Hub id or a local directory, got {name!r}")
     name = name.strip()
     if name == AUTO:
         return DEFAULT_GPU_MODEL if torch.cuda.is_available() else TINY
     return name
 
 
+def toy_model_note(name: str, random_weights: bool) -> str | None:
+    """What every figure of a model far smaller than LLaVA-NeXT-7B must say; None for a real checkpoint."""
+    if random_weights:
+        return "Toy model (random weights): not a trained LLaVA-NeXT"
+    return SHAPES_NOTE if name == SHAPES else None
+
+
 def load_model(name: str = AUTO, *, device: str | None = None, available_memory: int | None = None) -> LoadedModel:
-    """Load `name` (`"auto"`, `"tiny"`, a hub id or a local directory) onto `device`.
+    """Load `name` (`"auto"`, `"shapes"`, `"tiny"`, a hub id or a local directory) onto `device`.
 
     `device` defaults to CUDA when available, else CPU. Checkpoints load in bfloat16 on CUDA; on the CPU in
     float32 when that fits in memory, else in bfloat16. `available_memory` (bytes) replaces the device's free
@@ -83,7 +95,7 @@ def load_model(name: str = AUTO, *, device: str | None = None, available_memory:
         model, processor = build_tiny()
         return LoadedModel(model.to(target), processor, TINY, random_weights=True)
 
-    path = Path(name).expanduser()
+    path = SHAPES_PATH if name == SHAPES else Path(name).expanduser()
     if path.is_dir():
         source = str(path)
     elif path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
@@ -146,7 +158,8 @@ def _first_line(error: Exception) -> str:
 def _unreachable_message(name: str, reason: str) -> str:
     return (
         f"model {name!r} could not be loaded ({reason}). It is neither a local LLaVA-NeXT directory nor a "
-        f"Hugging Face Hub id that is cached or reachable. Use '{TINY}' for the offline random-weight model, "
+        f"Hugging Face Hub id that is cached or reachable. Use '{SHAPES}' for the offline model trained on synthetic "
+        f"shapes or '{TINY}' for the random-weight one, "
         f"or the path of a local directory holding a LLaVA-NeXT checkpoint (config.json, weights, processor files)."
     )
 

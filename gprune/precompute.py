@@ -58,7 +58,7 @@ def read_examples(path: Path) -> list[tuple[Path, str]]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gprune precompute", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="'tiny', a hub id or a local LLaVA-NeXT folder")
+    parser.add_argument("--model", required=True, help="'shapes', 'tiny', a hub id or a local LLaVA-NeXT folder")
     parser.add_argument("--examples", type=Path, default=Path("assets/examples.json"))
     parser.add_argument("--out", type=Path, default=Path("assets/precomputed"))
     parser.add_argument("--device", default=None, help="'cpu', 'cuda' or 'cuda:N' (default: CUDA when available)")

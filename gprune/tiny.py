@@ -100,18 +100,18 @@ Please answer the question using a single word or phrase. Explain your reasoning
 """
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE (round-trips any text) trained on `CORPUS`; `<s>` is added in front, like Mistral's."""
+def build_tokenizer(corpus: str = CORPUS, vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (round-trips any text) trained on `corpus`; `<s>` is added in front, like Mistral's."""
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS.split("\n"), trainer)
+    tokenizer.train_from_iterator(corpus.split("\n"), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",

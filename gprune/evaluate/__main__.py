@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..analysis import METHODS, AnalysisConfig
 from ..checks import check_keep_ratio
-from ..loading import TINY, resolve_model_name
+from ..loading import SHAPES, TINY, resolve_model_name
 from .data import VQA_PROMPT_SUFFIX, DatasetSpec, parse_columns, resolve_source
 from .launch import relaunch, requested_cpu_processes
 from .metric import METRICS
@@ -28,7 +28,7 @@ DEFAULT_KEEP_RATIOS = "0.5,0.25,0.11"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gprune.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="auto", help="'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else tiny")
+    parser.add_argument("--model", default="auto", help="'shapes' (offline, trained here on synthetic shapes), 'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else tiny")
     parser.add_argument("--dataset", required=True, help="hub id (e.g. lmms-lab/textvqa), save_to_disk folder, local data folder or parquet file")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--columns", default="", help="ROLE=COLUMN pairs for image, question, answers, question_id, e.g. image=img,question=query")
@@ -73,7 +73,7 @@ def build(args: argparse.Namespace, command: str):
             raise ValueError(f"{name} must be a whole number >= 1, got {value}")
     dataset = DatasetSpec(resolve_source(args.dataset), args.split, parse_columns(args.columns))
     model = resolve_model_name(args.model)
-    if model != TINY and Path(model).expanduser().is_dir():  # a local checkpoint: absolute, so a re-run from elsewhere matches
+    if model not in (TINY, SHAPES) and Path(model).expanduser().is_dir():  # a local checkpoint: absolute, so a re-run from elsewhere matches
         model = str(Path(model).expanduser().resolve())
     settings = Settings(model, dataset, args.prompt_suffix, args.metric, tuple(sorted(set(ratios), reverse=True)), analysis)
     execution = Execution(limit=args.limit, threads=args.threads, examples_per_shard=args.shard_size,

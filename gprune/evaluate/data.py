@@ -18,6 +18,8 @@ from typing import Iterator
 import datasets
 from datasets.utils.file_utils import xopen
 
+from ..train.benchmarks import BENCHMARKS, benchmark_path
+
 VQA_PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 ROLES = ("image", "question", "answers", "question_id")
 OPTIONAL_ROLES = ("answers", "question_id")
@@ -59,8 +61,11 @@ class DatasetSpec:
 def resolve_source(source: str) -> str:
     """An existing local path made absolute (so a re-run from another folder finds it), a hub id as given."""
     if not isinstance(source, str) or not source.strip():
-        raise ValueError("--dataset must be a hub id (e.g. lmms-lab/textvqa), a save_to_disk folder, a local folder or a parquet file")
+        raise ValueError(f"--dataset must be a hub id (e.g. lmms-lab/textvqa), a save_to_disk folder, a local folder, "
+                         f"a parquet file or a built-in dataset ({', '.join(BENCHMARKS)})")
     source = source.strip()
+    if source in BENCHMARKS:  # the `shapes` model's test sets, written once to the cache
+        return str(benchmark_path(source))
     path = Path(source).expanduser()
     if path.exists():
         return str(path.resolve())

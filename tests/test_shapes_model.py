@@ -1,0 +1,68 @@
+"""The `shapes` model and its training code: the shipped checkpoint loads and answers, the generated scenes are
+deterministic, the built-in test sets read through the evaluator, and training resumes exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from gprune import load_model
+from gprune.evaluate.data import DatasetSpec, open_split, resolve_source
+from gprune.train import benchmarks, scenes
+from gprune.train.data import ConversationCollator, QuestionSet, easy_vqa_items
+from gprune.train.loop import Schedule, build_trainer
+from gprune.train.data import Recipe
+from gprune.tiny import TINY_TEXT, TINY_VISION
+
+
+def test_scenes_are_a_pure_function_of_their_seed_and_ask_answerable_questions():
+    first, again = scenes.scene(1_000_003), scenes.scene(1_000_003)
+    assert first.image.tobytes() == again.image.tobytes() and first.questions == again.questions
+    count = dict(first.questions)["how many shapes are there?"]
+    assert count == str(len(first.shapes)) and scenes.MIN_OBJECTS <= len(first.shapes) <= scenes.MAX_OBJECTS
+    assert set(scenes.TRAIN_SEEDS).isdisjoint(range(scenes.TEST_SEEDS.start, scenes.TEST_SEEDS.stop))
+    assert scenes.looks_like_flat_shapes(first.image)
+
+
+def test_the_shipped_shapes_checkpoint_loads_and_answers_easy_vqa_better_than_chance():
+    loaded = load_model("shapes", device="cpu")
+    assert loaded.name == "shapes" and not loaded.random_weights
+    questions = QuestionSet(easy_vqa_items("test")[:40])
+    collator = ConversationCollator(loaded.processor, loaded.model.config.text_config.model_type)
+    right = 0
+    for index in range(len(questions)):
+        item = questions[index]
+        (question, answer), = item["turns"]
+        inputs = loaded.processor(images=item["image"], text=loaded.prompt(question), return_tensors="pt")
+        with torch.no_grad():
+            output = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        reply = loaded.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        right += reply.strip() == answer
+    assert collator.tokenizer is loaded.processor.tokenizer
+    # yes/no is half the questions; always answering "yes" scores ~37 % here (2 × 1/3 colour/shape guesses do worse)
+    assert right / len(questions) >= 0.6, right
+
+
+def test_built_in_test_sets_open_through_the_evaluator(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPRUNE_CACHE", str(tmp_path))
+    source = resolve_source(benchmarks.SCENES)
+    opened = open_split(DatasetSpec(source, "test"))
+    first = next(iter(opened.rows))
+    expected = benchmarks.rows(benchmarks.SCENES)[0]
+    assert first["question"] == expected["question"] and first["answers"] == expected["answers"]
+    assert resolve_source(benchmarks.SCENES) == source  # written once, then reused
+
+
+def test_a_few_training_steps_run_and_a_resumed_run_continues_from_its_checkpoint(tmp_path):
+    """Bit-exact equality of a resumed and an uninterrupted run is not reached yet (see the model card)."""
+    recipe = Recipe(easy_vqa_epochs=0, scene_count=6, seed=3)
+    schedule = Schedule(accumulation=1, eval_steps=100, save_steps=2, validation_per_source=2, threads=1, max_steps=4)
+    sizes = {"text": TINY_TEXT.__class__(**{**TINY_TEXT.__dict__, "family": "mistral"}), "vision": TINY_VISION}
+    interrupted = build_trainer(tmp_path / "run", recipe, Schedule(**{**schedule.__dict__, "max_steps": 2}), progress=False, **sizes)
+    interrupted.train()
+    at_checkpoint = {name: value.clone() for name, value in interrupted.model.state_dict().items()}
+    resumed = build_trainer(tmp_path / "run", recipe, schedule, progress=False, **sizes)
+    resumed._load_from_checkpoint(str(tmp_path / "run" / "checkpoints" / "checkpoint-2"))
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, at_checkpoint[name]), name  # the checkpoint's weights, not fresh ones
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 4
