@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import Quiet, contention_line, machine, machine_line, markdown_table, median, ms, paired_ratio,
-                     write_results
+from .common import (Quiet, contention_line, machine, machine_line, markdown_table, median, ms, paired_ratio,
+                     write_results)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "accelerate", "datasets", "pyarrow", "cv2", "matplotlib")
