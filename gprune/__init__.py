@@ -22,7 +22,7 @@ EXPORTS = {
     **dict.fromkeys(("KIND_BASE", "KIND_GRID", "KIND_NEWLINE", "TokenLayout", "token_layout"), ".layout"),
     **dict.fromkeys(("LoadedModel", "load_model"), ".loading"),
     **dict.fromkeys(("block_positions", "keep_top_per_view", "token_budget"), ".packed"),
-    **dict.fromkeys(("patch", "unpatch", "selections"), ".patch"),
+    **dict.fromkeys(("patch", "unpatch", "selections", "kept_mask"), ".patch"),
     **dict.fromkeys(("EncodedPrompt", "encode"), ".pipeline"),
     **dict.fromkeys(("PruneResult", "Selection"), ".result"),
     "Timing": ".timing",
