@@ -1,6 +1,6 @@
 """`python -m bench [--quick]`: every benchmark in turn (each in a fresh process), then the summary.
 
-Writes bench/results/{selection,memory,prefill,batched_run,gpu_prefill,app_latency,evaluate_scaling}.{json,md},
+Writes bench/results/{selection,memory,prefill,batched_run,gpu_prefill,app_latency,evaluate_scaling,import_time}.{json,md},
 speedup.png and summary.md. `--quick` runs the smoke-test sizes of the CPU benchmarks only and writes nothing.
 Full run: about 25 minutes on 2 quiet CPU cores, up to 40 when other jobs share them (the benchmarks wait
 for quiet moments, see bench/common.py `Quiet`).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ["bench.selection", "bench.memory", "bench.prefill", "bench.batched_run", "bench.gpu_prefill", "bench.app_latency",
-        "bench.evaluate_scaling", "bench.report"]
+        "bench.evaluate_scaling", "bench.import_time", "bench.report"]
 QUICK = ["bench.selection", "bench.memory", "bench.prefill", "bench.batched_run", "bench.evaluate_scaling"]
 
 

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     lines += ["## Goals", "", goals_table(selection, prefill, memory, scaling), ""]
     for name, title in (("selection", "Selection cost"), ("memory", "Memory"), ("prefill", "Prefill"),
                         ("batched_run", "Batched Run"), ("gpu_prefill", "GPU prefill"), ("app_latency", "App latency"),
-                        ("evaluate_scaling", "Evaluation throughput")):
+                        ("evaluate_scaling", "Evaluation throughput"), ("import_time", "Import time")):
         path = RESULTS / f"{name}.md"
         if path.exists():
             text = path.read_text().split("## torch.profiler")[0].rstrip()

@@ -13,10 +13,19 @@ its merged features; FastV prunes after layer K by the last prompt token's atten
 left-pads the pruned rows again and runs the language model through `gprune.llm`, the loop the explorer's
 Run and the evaluator use: kept tokens keep their original position ids and generated token t of a row sits
 at L + t, whatever the padding side. `generate` itself is wrapped only to refuse the modes we cannot serve.
+
+Called directly (`model(**inputs)`), the patched model returns its outputs in the caller's layout: column j
+of `logits` belongs to `input_ids[:, j]` whatever the padding side, and columns of pruned tokens and of
+padding hold zeros (`kept_mask(model)` says which columns hold outputs). Inside `generate` the prefill keeps
+the pruned, left-padded layout, whose last column is every row's last prompt token, as `generate` reads it.
+The model's own `forward` is wrapped too, to score `labels` on the kept tokens. The patch is inference-only:
+its prefill runs under `no_grad`, so a call that could want gradients is refused, and so is `torch.compile`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 import types
 from dataclasses import dataclass, field
 
@@ -31,6 +40,9 @@ from .pipeline import splice_image
 from .result import Selection
 
 STATE = "_gprune_patch"
+IGNORE_INDEX = -100  # transformers' label of a position the loss skips
+# True while `generate` of a patched model runs: its prefill then returns the pruned, left-padded layout.
+_GENERATING = contextvars.ContextVar("gprune_generating", default=False)
 
 
 @dataclass
@@ -38,13 +50,15 @@ class PatchState:
     """The settings of a patched model and what its last prefill decided.
 
     `selections`: per row of the last prefill, what the method kept (None for rows without an image).
-    `replaced`: the instance's own `forward` / `generate` attributes before patching (e.g. hooks), restored by
-    `unpatch`. Decoding state is not kept here but on the cache `generate` passes along (`GrowingCache`), so it
+    `kept`: `(B, L)` bool over the last prefill's `input_ids`: True where that token reached the last layer.
+    `replaced`: the instance's own attributes before patching (`model.model.forward`, `model.forward`,
+    `model.generate`; e.g. hooks), restored by `unpatch`. Decoding state is not kept here but on the cache `generate` passes along (`GrowingCache`), so it
     is freed with it and two `generate` calls never share it."""
 
     method: str
     config: AnalysisConfig
     selections: list[Selection | None] = field(default_factory=list)
+    kept: torch.Tensor | None = None
     replaced: dict = field(default_factory=dict)
 
 
@@ -70,9 +84,10 @@ def patch(model: LlavaNextForConditionalGeneration, method: str = "gprune", keep
                          f"checkpoints; this model has {model.config.vision_feature_select_strategy!r}")
     previous = getattr(model.model, STATE, None)
     replaced = previous.replaced if previous else {
-        "forward": vars(model.model).get("forward"), "generate": vars(model).get("generate")}
+        (owner, name): vars(target).get(name) for owner, target, name in _replaced_attributes(model)}
     setattr(model.model, STATE, PatchState(method, config, replaced=replaced))
     model.model.forward = types.MethodType(_pruned_forward, model.model)
+    model.forward = types.MethodType(_labelled_forward, model)
     model.generate = types.MethodType(_checked_generate, model)
     return model
 
@@ -82,13 +97,17 @@ def unpatch(model: LlavaNextForConditionalGeneration) -> LlavaNextForConditional
     if not is_patched(model):
         raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
     replaced = getattr(model.model, STATE).replaced
-    for owner, name in ((model.model, "forward"), (model, "generate")):
-        if replaced[name] is None:
-            delattr(owner, name)
+    for owner, target, name in _replaced_attributes(model):
+        if replaced[owner, name] is None:
+            delattr(target, name)
         else:
-            setattr(owner, name, replaced[name])
+            setattr(target, name, replaced[owner, name])
     delattr(model.model, STATE)
     return model
+
+
+def _replaced_attributes(model):  # noqa: N802 — the attributes `patch` replaces, as (owner's name, owner, attribute)
+    return (("model.model", model.model, "forward"), ("model", model, "forward"), ("model", model, "generate"))
 
 
 def is_patched(model) -> bool:
@@ -103,6 +122,17 @@ def selections(model: LlavaNextForConditionalGeneration) -> list[Selection | Non
     if not is_patched(model):
         raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
     return list(getattr(model.model, STATE).selections)
+
+
+def kept_mask(model: LlavaNextForConditionalGeneration) -> torch.Tensor:
+    """`(B, L)` bool over the `input_ids` of a patched model's last prefill: True where that token reached the
+    last layer (its output in `model(**inputs)` is real), False for pruned tokens and padding."""
+    if not is_patched(model):
+        raise ValueError("this model is not patched; call gprune.patch(model, ...) first")
+    kept = getattr(model.model, STATE).kept
+    if kept is None:
+        raise ValueError("this patched model has not run a prefill yet")
+    return kept.clone()
 
 
 def _checked_generate(self, *args, **kwargs):
@@ -124,7 +154,42 @@ def _checked_generate(self, *args, **kwargs):
     if state.method == "fastv" and setting("use_cache") is False:
         raise ValueError("FastV prunes once, at prefill, by the last prompt token's attention; without a KV cache "
                          "every step would prune again by another token. Use use_cache=True (the default)")
-    return type(self).generate(self, *args, **kwargs)
+    generating = _GENERATING.set(True)
+    try:
+        return type(self).generate(self, *args, **kwargs)
+    finally:
+        _GENERATING.reset(generating)
+
+
+def _labelled_forward(self, *args, **kwargs):
+    """The model's own forward; `labels` are scored only where the predicting token was kept.
+
+    The loss is transformers' own (`self.loss_function`) on the caller-layout logits, so it equals the stock
+    loss whenever every counted label follows a token the pruned prompt still holds; a label after a pruned
+    token (or padding) has no prediction and is refused rather than scored against zero logits."""
+    bound = inspect.signature(type(self).forward).bind(self, *args, **kwargs)
+    labels = bound.arguments.pop("labels", None)
+    outputs = type(self).forward(*bound.args, **bound.kwargs)
+    if labels is None:
+        return outputs
+    kept = getattr(self.model, STATE).kept
+    if labels.shape != kept.shape or outputs.logits.shape[1] != kept.shape[1]:
+        raise ValueError(f"labels must have the shape of input_ids {tuple(kept.shape)} and every position's logits "
+                         f"(logits_to_keep unset); got labels {tuple(labels.shape)}")
+    counted = labels[:, 1:] != IGNORE_INDEX
+    unpredicted = counted & ~kept[:, :-1].to(labels.device)
+    if bool(unpredicted.any()):
+        row, column = (int(i) for i in unpredicted.nonzero()[0])
+        raise ValueError(f"labels count token {column + 1} of row {row}, but the token before it was pruned (or is "
+                         f"padding), so the pruned prompt predicts nothing there; set labels to {IGNORE_INDEX} on the "
+                         "image (and the prompt, as LLaVA's training does) and count only tokens after the image")
+    outputs.loss = self.loss_function(logits=outputs.logits, labels=labels,
+                                      vocab_size=self.config.text_config.vocab_size)
+    return outputs
+
+
+# `generate` checks its keyword arguments against the signature of `model.forward`: keep the stock one.
+_labelled_forward.__signature__ = inspect.signature(LlavaNextForConditionalGeneration.forward)
 
 
 def grid_shape(packed_features: torch.Tensor, image_newline: torch.Tensor, base_tokens: int) -> tuple[int, int]:
@@ -156,6 +221,7 @@ def _pruned_forward(self, input_ids=None, pixel_values=None, image_sizes=None, a
                     vision_feature_select_strategy=None, use_cache=None, mm_encoder_outputs=None, **kwargs):
     """`LlavaNextModel.forward` with pruning: prefill prunes and starts a decode state; later calls decode."""
     state: PatchState = getattr(self, STATE)
+    _check_inference(self, pixel_values)
     if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         raise ValueError("a patched model does not return attentions or hidden states (the sequence is pruned)")
     language_model = self.language_model
@@ -214,5 +280,46 @@ def _pruned_forward(self, input_ids=None, pixel_values=None, image_sizes=None, a
         row_selections = [fastv_selection(seen, *span, attention, out.selection_seconds) if span else None
                           for span, seen, attention in zip(spans, out.seen, out.image_attention)]
     state.selections = row_selections
-    return LlavaNextModelOutputWithPast(last_hidden_state=out.hidden,
+    hidden, state.kept = caller_layout(out.hidden, real, row_positions, out.seen)
+    return LlavaNextModelOutputWithPast(last_hidden_state=out.hidden if _GENERATING.get() else hidden,
                                         past_key_values=out.state.cache if use_cache is not False else None)
+
+
+def caller_layout(hidden: torch.Tensor, real: torch.Tensor, row_positions: list[torch.Tensor],
+                  seen: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefill's left-padded `(B, L', d)` hidden states moved to the caller's columns.
+
+    Args:
+        real: `(B, L)` the caller's attention mask (False on padding, either side).
+        row_positions: per row, the original index among its real tokens of each token given to the LLM.
+        seen: per row, indices into that row's LLM input of the tokens the last layer saw (all but FastV's pruned).
+    Returns:
+        `(B, L, d)` hidden states (zeros where no token reached the last layer) and the `(B, L)` bool mask of
+        the columns that hold one.
+    """
+    batch, length = real.shape
+    aligned = hidden.new_zeros(batch, length, hidden.shape[-1])
+    kept = torch.zeros_like(real)
+    for row in range(batch):
+        columns = real[row].nonzero().flatten()[row_positions[row][seen[row]]]
+        aligned[row, columns] = hidden[row, hidden.shape[1] - len(columns):]
+        kept[row, columns] = True
+    return aligned, kept
+
+
+@torch.compiler.disable  # dynamo runs it eagerly instead of tracing it, so its error reaches the caller
+def _refuse_compile():
+    raise ValueError("torch.compile cannot compile a patched model: pruning chooses data-dependent token counts in "
+                     "Python, so nothing of the pruned prefill would compile; run the patched model uncompiled")
+
+
+def _check_inference(self, pixel_values) -> None:
+    """Refuse calls that could want gradients, and tracing by torch.compile: the pruned prefill serves neither."""
+    if torch.compiler.is_compiling():  # True only while dynamo traces; a `raise` there would fall back to eager
+        _refuse_compile()
+    if torch.is_grad_enabled() and (any(p.requires_grad for p in self.parameters())
+                                    or (pixel_values is not None and pixel_values.requires_grad)):
+        raise ValueError("a patched model is inference-only: its prefill runs under no_grad (top-k pruning), so no "
+                         "gradient would reach the weights or pixel_values. Call it under torch.no_grad() or "
+                         "torch.inference_mode() (generate does), or unpatch(model) to train or take gradients")
+

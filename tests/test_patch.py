@@ -13,7 +13,7 @@ from conftest import synthetic_image
 from gprune import METHODS, AnalysisConfig, analyze, patch, selections, unpatch
 from gprune.analysis import method_prompt
 from gprune.packed import token_budget
-from gprune.patch import is_patched
+from gprune.patch import is_patched, kept_mask
 
 QUESTION = "What is in the image?"
 SETTINGS = dict(keep_ratio=0.25, iterations=3, fastv_layer=1)
@@ -114,8 +114,9 @@ def test_unpatch_restores_the_stock_model_bit_for_bit(tiny_model, images):
             pruned = model(**inputs).logits
             greedy(model, inputs)
         after = model(**inputs).logits
-    assert pruned.shape[1] < before.shape[1]  # the patched forward really ran on pruned prompts
-    assert not is_patched(model) and "forward" not in vars(model.model) and "generate" not in vars(model)
+    assert pruned.shape == before.shape and (pruned == 0).all(dim=-1).any()  # pruned columns: zeros
+    assert not is_patched(model) and "forward" not in vars(model.model)
+    assert "forward" not in vars(model) and "generate" not in vars(model)
     assert torch.equal(before, after)
 
 
@@ -284,10 +285,107 @@ def test_decoding_state_goes_with_the_cache_and_unpatch_restores_the_instance(ti
         assert first.decode_state is not second.decode_state and first.decode_state.cache is first
         assert not hasattr(getattr(model.model, "_gprune_patch"), "decode")
         unpatch(model)
-        assert vars(model.model)["forward"] is own_forward and "generate" not in vars(model)
+        assert vars(model.model)["forward"] is own_forward and not {"forward", "generate"} & set(vars(model))
         with torch.no_grad():
             model(**inputs)
         assert hooked  # the restored hook runs again
     finally:
         vars(model.model).pop("forward", None)
 
+
+
+def image_span(tiny_model, input_ids: torch.Tensor) -> tuple[int, int]:
+    placeholders = (input_ids == tiny_model.model.config.image_token_id).nonzero().flatten()
+    return int(placeholders[0]), int(placeholders[-1]) + 1
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("method", ["gprune", "fastv", "tome"])  # the three ways of pruning: before, inside, merged
+def test_forward_returns_logits_in_the_callers_layout(tiny_model, images, method, padding_side):
+    """Column j of the logits belongs to input_ids[:, j] for either padding side: at keep 1 they are the stock
+    model's; pruned, each row's last token (logits[i, mask.sum() - 1] with right padding) is its batch-1 one."""
+    inputs = inputs_for(tiny_model, images[:2], padding_side)
+    real = inputs["attention_mask"].bool()
+    last = inputs["attention_mask"].sum(dim=1) - 1 if padding_side == "right" else torch.full((2,), real.shape[1] - 1)
+    assert padding_side == "left" or int(last.min()) < real.shape[1] - 1  # the rows differ in length
+    with torch.no_grad():
+        stock = tiny_model.model(**inputs).logits
+        with patched(tiny_model, method, keep_ratio=1.0) as model:
+            ours = model(**inputs).logits
+            assert torch.equal(kept_mask(model), real)
+        torch.testing.assert_close(ours[real], stock[real], rtol=1e-4, atol=1e-5)
+        with patched(tiny_model, method) as model:
+            pruned = model(**inputs).logits
+            kept = kept_mask(model)
+            kept_counts = [len(s.kept_positions) for s in selections(model)]
+            singles = [model(**inputs_for(tiny_model, [image])).logits[0, -1] for image in images[:2]]
+    assert pruned.shape == stock.shape and (pruned[~kept] == 0).all()
+    assert kept.sum(dim=1).tolist() == [int(n) - (576 + r * (c + 1)) + k for n, (r, c), k in
+                                        zip(real.sum(dim=1), (grid_of(tiny_model, i) for i in images[:2]), kept_counts)]
+    for row in range(2):
+        start, end = image_span(tiny_model, inputs["input_ids"][row])
+        assert kept[row, end:][real[row, end:]].all() and kept[row, :start][real[row, :start]].all()  # text is kept
+        torch.testing.assert_close(pruned[row, last[row]], singles[row], rtol=1e-4, atol=1e-5)
+
+
+def text_labels(tiny_model, inputs) -> torch.Tensor:
+    """input_ids as labels, -100 on padding, the image and what precedes it: the text after the image counts
+    (its first token follows the image's last token, a newline, which every method keeps)."""
+    labels = inputs["input_ids"].clone()
+    labels[~inputs["attention_mask"].bool()] = -100
+    for row in range(labels.shape[0]):
+        _, end = image_span(tiny_model, inputs["input_ids"][row])
+        labels[row, :end] = -100
+    return labels
+
+
+def test_labels_are_scored_on_the_kept_tokens(tiny_model, images):
+    inputs = inputs_for(tiny_model, images[:2], "right")
+    labels = text_labels(tiny_model, inputs)
+    with torch.no_grad():
+        stock = tiny_model.model(**inputs, labels=labels).loss
+        with patched(tiny_model, "gprune", keep_ratio=1.0) as model:
+            torch.testing.assert_close(model(**inputs, labels=labels).loss, stock, rtol=1e-5, atol=1e-6)
+        with patched(tiny_model, "gprune") as model:
+            out = model(**inputs, labels=labels)
+            counted = labels[:, 1:] != -100
+            by_hand = torch.nn.functional.cross_entropy(out.logits[:, :-1][counted], labels[:, 1:][counted])
+            torch.testing.assert_close(out.loss, by_hand)
+            assert not torch.isclose(out.loss, stock)  # pruning changed the prediction
+            with pytest.raises(ValueError, match="the token before it was pruned"):
+                model(**inputs, labels=inputs["input_ids"].masked_fill(~inputs["attention_mask"].bool(), -100))
+            with pytest.raises(ValueError, match="labels must have the shape of input_ids"):
+                model(**inputs, labels=labels[:, 1:])
+
+
+def test_the_patch_is_inference_only(tiny_model, images):
+    inputs = inputs_for(tiny_model, images[:1])
+    with patched(tiny_model, "gprune") as model:
+        with pytest.raises(ValueError, match="inference-only.*torch.no_grad"):
+            model(**inputs)
+        frozen = [p for p in model.parameters() if p.requires_grad]
+        try:
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+            assert not model(**inputs).logits.requires_grad  # grad mode, but nothing could get a gradient
+            with pytest.raises(ValueError, match="inference-only"):
+                model(**{**inputs, "pixel_values": inputs["pixel_values"].clone().requires_grad_()})
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+        with torch.inference_mode():
+            assert model(**inputs).logits.shape == inputs["input_ids"].shape + (model.config.text_config.vocab_size,)
+
+
+@pytest.mark.parametrize("compile_model", [lambda m: torch.compile(m, backend="eager"),
+                                           lambda m: m.compile(backend="eager") or m])
+def test_torch_compile_of_a_patched_model_is_refused(tiny_model, images, compile_model):
+    inputs = inputs_for(tiny_model, images[:1])
+    try:
+        with patched(tiny_model, "l2norm") as model, torch.no_grad():
+            compiled = compile_model(model)
+            with pytest.raises(ValueError, match="torch.compile cannot compile a patched model"):
+                compiled(**inputs)
+    finally:
+        vars(tiny_model.model).pop("_compiled_call_impl", None)
+        torch._dynamo.reset()

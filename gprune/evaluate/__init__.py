@@ -4,16 +4,20 @@ One module per job: `data` (datasets loading, column mapping, streaming, each pr
 `metric` (VQA accuracy and answer normalisation), `runner` (the per-example loop and accelerate's process
 state), `store` (the run folder: settings, atomic per-process shards, image copies, merge), `report`
 (summary.json and the printed table), `launch` (N CPU processes from `accelerate launch --cpu`). The CLI is
-`python -m gprune.evaluate`; see README "Evaluate on a benchmark".
+`python -m gprune.evaluate`; see README "Evaluate on a benchmark". Names are imported on first use, so the
+CLI checks its options before datasets, pyarrow and torch are loaded.
 """
 
-from .data import VQA_PROMPT_SUFFIX, DatasetSpec, Example, ProcessShare, open_split, parse_columns, read_example
-from .metric import exact_match, normalize_answer, same_answer, vqa_accuracy
-from .report import format_table, summarize
-from .store import RESULT_SCHEMA, RunFolder
+from ..lazy import make_lazy
 
-__all__ = [
-    "VQA_PROMPT_SUFFIX", "DatasetSpec", "Example", "ProcessShare", "open_split", "parse_columns", "read_example",
-    "exact_match", "normalize_answer", "same_answer", "vqa_accuracy", "format_table", "summarize", "RESULT_SCHEMA",
-    "RunFolder",
-]
+EXPORTS = {
+    **dict.fromkeys(("VQA_PROMPT_SUFFIX", "DatasetSpec", "Example", "ProcessShare", "open_split", "parse_columns",
+                     "read_example"), ".data"),
+    **dict.fromkeys(("exact_match", "normalize_answer", "same_answer", "vqa_accuracy"), ".metric"),
+    **dict.fromkeys(("format_table", "summarize"), ".report"),
+    **dict.fromkeys(("RESULT_SCHEMA", "RunFolder"), ".store"),
+}
+
+__all__ = list(EXPORTS)
+
+make_lazy(__name__)
