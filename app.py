@@ -8,12 +8,14 @@ Precomputed examples (`python -m gprune precompute`) are read from assets/precom
 whose image, question and settings match one of the model's bundles is served from it, with no model call.
 
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
-run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
+run, default 7200), GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64) and
+GPRUNE_SESSION_MEMORY_MB (the memory all sessions' results may take, default 4096).
 
 This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). What a
 client sends is checked by `app_inputs` (values) and `app_guard` (requests); files are written by `app_files`
 into the private folders of `app_folders`. The model is loaded once at import and only read afterwards;
-everything a user computes lives in that browser session's `gr.State`. One model call per Run (and per sweep);
+everything a user computes is kept for that browser session by `app_sessions` (keyed by Gradio's session id,
+bounded by age, count and bytes). One model call per Run (and per sweep);
 stepping, inspecting, comparing and exporting afterwards are CPU-only redraws of stored results.
 """
 
@@ -33,9 +35,6 @@ import json
 import math
 import os
 import sys
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from app_files import SessionFiles, write_gradio_cache_atomically
 from app_guard import GuardedBlocks, RequestGuard
 from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, Upload, pixel_coordinates,
                         read_question)
+from app_sessions import EVICTED, SessionStore
 from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model,
                     token_layout)
 from gprune.bundle import model_family
@@ -79,14 +79,21 @@ MAX_DECODED_BYTES = 120_000_000  # ... as is the memory the decoded pixels take 
 try:
     # A session's results are dropped this long after the Run (or sweep) that stored them ...
     SESSION_TTL_S = env_setting("GPRUNE_SESSION_TTL_S", 2 * 3600, float, minimum=1)
-    # ... or when more than this many sessions hold results (the least recently used are dropped).
+    # ... or when more than this many sessions hold results, or they take more than this much memory (the
+    # least recently used are dropped). Requests that store nothing never count.
     MAX_SESSIONS = env_setting("GPRUNE_MAX_SESSIONS", 64, int, minimum=1)
+    SESSION_MEMORY_MB = env_setting("GPRUNE_SESSION_MEMORY_MB", 4096, float, minimum=1)
 except ValueError as error:
     sys.exit(f"error: {error}")
-REMEMBERED_SESSIONS = 10_000  # ids (only) of sessions that ran, to tell "expired" from "never ran"
+SESSIONS = SessionStore(SESSION_TTL_S, MAX_SESSIONS, int(SESSION_MEMORY_MB * 2**20))
+SESSIONS.purge_every(min(60.0, SESSION_TTL_S / 4))
+# Gradio's own per-session entries (UI values only: the play flag, a run's slider range) are made for every
+# session id it sees; they hold no results, so its cap only bounds their memory.
+GRADIO_SESSION_CAPACITY = 2_000
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
+MAX_QUEUED_RUNS, MAX_QUEUED_RUNS_PER_CLIENT = 16, 3  # Runs and sweeps waiting for the model (one per session)
 MAX_UI_ITERATIONS = 20
 TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 
@@ -215,29 +222,26 @@ def duration_text(seconds: float) -> str:
             return f"{value:g} {unit}{'' if value == 1 else 's'}"
 
 
-_ran_sessions: OrderedDict[str, float] = OrderedDict()  # session hash → time of its last Run; no results here
-_ran_lock = threading.Lock()
+def session_id(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
 
 
-def remember_run(request: gr.Request | None) -> None:
-    key = getattr(request, "session_hash", None)
-    if key:
-        with _ran_lock:
-            _ran_sessions[key] = time.time()
-            _ran_sessions.move_to_end(key)
-            while len(_ran_sessions) > REMEMBERED_SESSIONS:
-                _ran_sessions.popitem(last=False)
+def stored_session(request: gr.Request | None) -> StoredSession | None:
+    """This session's stored results, or None (no Run yet, or dropped)."""
+    return SESSIONS.get(session_id(request))
 
 
-def need_session(session, request: gr.Request | None = None) -> views.Session:
-    """The session's stored analysis, or a gr.Error saying whether none was run yet or its results expired."""
+def need_session(request: gr.Request | None) -> StoredSession:
+    """The session's stored analysis, or a gr.Error saying whether none was run yet or why its results went."""
+    session = stored_session(request)
     if session is not None:
         return session
     kept = (f"results are kept for {duration_text(SESSION_TTL_S)} after a run, for at most {MAX_SESSIONS} "
-            "sessions at once")
-    with _ran_lock:
-        ran = getattr(request, "session_hash", None) in _ran_sessions
-    if ran:
+            f"sessions and {SESSION_MEMORY_MB:,.0f} MB at once")
+    reason = SESSIONS.dropped(session_id(request))
+    if reason == EVICTED:
+        raise gr.Error(f"This session's results were dropped to make room for newer sessions' ({kept}). Press Run again.")
+    if reason is not None:
         raise gr.Error(f"This session expired: its results were dropped ({kept}). Press Run again.")
     raise gr.Error(f"Run an analysis first: upload an image, type a question, press Run ({kept}).")
 
@@ -257,7 +261,7 @@ def shown(function):
 
 @dataclass
 class StoredSession(views.Session):
-    """What a session's `gr.State` holds: its results, and its downloads on disk, which go with them."""
+    """What the app keeps for a session: its results, and its downloads on disk, which go with them."""
 
     files: SessionFiles = field(default_factory=lambda: SessionFiles(DOWNLOADS))
 
@@ -299,14 +303,17 @@ def precomputed_analysis(image: Upload, picture: Image.Image, question: str, con
 
 
 def analysis_outputs(analysis: Analysis, stability, image: Upload, view: str, request) -> tuple:
-    """Keep `analysis` in a new session and draw what a Run shows first."""
+    """Keep `analysis` as this session's results and draw what a Run shows first."""
     session = StoredSession(**vars(views.new_session(analysis, image_name=image.name)))
     session.stability = stability
-    remember_run(request)
+    try:
+        SESSIONS.put(session_id(request), session)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
     heatmap, mask = (None, None)
     if "gprune" in analysis.results:
         heatmap, mask, _ = views.iteration_pictures(session, view, analysis.config.iterations)
-    return (session, heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
+    return (heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
             analysis.summary())
 
 
@@ -345,9 +352,9 @@ def open_example(image, question, keep_ratio, threshold, temperature, iterations
 
 
 @shown
-def after_analyze(session, view, colour_mode):
+def after_analyze(view, colour_mode, request: gr.Request = None):
     """Sync every view-dependent control after a run (UI only)."""
-    session = need_session(session)
+    session = need_session(request)
     views.set_display(session, colour_mode=colour_mode)
     analysis = session.analysis
     iterations = views.iteration_count(analysis)
@@ -393,24 +400,24 @@ def learn_pictures(session: views.Session, view: str, iteration: int):
 
 
 @shown
-def step(session, view="grid", iteration=0, request: gr.Request = None):
+def step(view="grid", iteration=0, request: gr.Request = None):
     """Redraw G-Prune's heatmap and kept mask after `iteration` iterations (stored scores, no model call)."""
-    return views.iteration_pictures(need_session(session, request), view, iteration)
+    return views.iteration_pictures(need_session(request), view, iteration)
 
 
 @shown
-def step_details(session, view, iteration):
+def step_details(view, iteration, request: gr.Request = None):
     """The legends and the Learn tab's score histogram for the iteration on display (UI only)."""
-    session = need_session(session)
+    session = need_session(request)
     if "gprune" not in session.analysis.results:
         return "", "", None
     return (*iteration_legends(session, view, iteration), views.score_picture(session, view, iteration))
 
 
 @shown
-def change_view(session, view, iteration, method_a, method_b, request: gr.Request = None):
+def change_view(view, iteration, method_a, method_b, request: gr.Request = None):
     """Redraw everything for the other view (UI only)."""
-    session = need_session(session, request)
+    session = need_session(request)
     analysis = session.analysis
     if "gprune" in analysis.results:
         heatmap, mask, caption = views.iteration_pictures(session, view, iteration)
@@ -422,8 +429,9 @@ def change_view(session, view, iteration, method_a, method_b, request: gr.Reques
 
 
 @shown
-def change_colour(session, view, iteration, colour_mode):
+def change_colour(view, iteration, colour_mode, request: gr.Request = None):
     """Recolour the heatmap: rank, log or linear (UI only; no session yet: nothing to redraw)."""
+    session = stored_session(request)
     if session is None:
         return gr.skip(), gr.skip()
     views.set_display(session, colour_mode=colour_mode)
@@ -433,10 +441,11 @@ def change_colour(session, view, iteration, colour_mode):
 
 
 @shown
-def change_keep_ratio(session, view, iteration, keep_ratio, method_a, method_b):
+def change_keep_ratio(view, iteration, keep_ratio, method_a, method_b, request: gr.Request = None):
     """Redraw every mask at another keep ratio from the stored scores: no model call (UI only).
 
     Before any run there is nothing to redraw and the slider only sets the next run's ratio."""
+    session = stored_session(request)
     if session is None:
         return tuple(gr.skip() for _ in range(9))
     views.set_display(session, keep_ratio=keep_ratio)
@@ -450,31 +459,31 @@ def change_keep_ratio(session, view, iteration, keep_ratio, method_a, method_b):
 
 
 @shown
-def difference(session, method_a="gprune", method_b="fastv", view="grid", request: gr.Request = None):
+def difference(method_a="gprune", method_b="fastv", view="grid", request: gr.Request = None):
     """Tokens kept by method A but not B (orange), by B but not A (blue)."""
-    return views.difference_picture(need_session(session, request), method_a, method_b, view)
+    return views.difference_picture(need_session(request), method_a, method_b, view)
 
 
 @shown
-def inspect(session, view="grid", x=0.0, y=0.0, request: gr.Request = None):
+def inspect(view="grid", x=0.0, y=0.0, request: gr.Request = None):
     """The token under pixel (x, y) of the analysed image: score trace, graph edges, who kept it."""
-    session = need_session(session, request)
+    session = need_session(request)
     x, y = pixel_coordinates(x, y)
     found = views.inspect_token(session, view, x, y)
     return found.highlight, found.trace, found.markdown
 
 
 @shown
-def inspect_click(session, view, evt: gr.SelectData, request: gr.Request = None):
+def inspect_click(view, evt: gr.SelectData, request: gr.Request = None):
     """A click on a picture (display pixels) → the same as `inspect` at the original-image pixel."""
-    session = need_session(session, request)
-    sx, sy = session.canvas.scale
+    sx, sy = need_session(request).canvas.scale
     x, y = round(evt.index[0] / sx, 1), round(evt.index[1] / sy, 1)
-    return (x, y, *inspect(session, view, x, y))
+    return (x, y, *inspect(view, x, y, request))
 
 
-def toggle_play(playing, session, iteration):
+def toggle_play(playing, iteration, request: gr.Request = None):
     """▶ starts stepping the iteration slider once per tick (from 0 if it is at the end); ⏸ stops it."""
+    session = stored_session(request)
     if session is None or "gprune" not in session.analysis.results:
         raise gr.Error("Run an analysis with G-Prune first: the play button steps through its iterations.")
     if playing:
@@ -483,8 +492,9 @@ def toggle_play(playing, session, iteration):
     return True, gr.Timer(active=True), gr.Button(PAUSE_LABEL), start
 
 
-def play_tick(session, iteration):
+def play_tick(iteration, request: gr.Request = None):
     """One animation step; at the last iteration the animation stops."""
+    session = stored_session(request)
     last = views.iteration_count(session.analysis) if session is not None else 0
     if iteration >= last:
         return False, gr.Timer(active=False), gr.Button(PLAY_LABEL), gr.skip()
@@ -494,17 +504,17 @@ def play_tick(session, iteration):
 
 
 @shown
-def iterations_gif(session, view="grid", request: gr.Request = None):
+def iterations_gif(view="grid", request: gr.Request = None):
     """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and display)."""
-    session, view = need_session(session, request), views.check_view(view)
+    session, view = need_session(request), views.check_view(view)
     return session.files.built(views.gif_name(session, view), lambda: views.iterations_gif(session, view))
 
 
 @shown
-def export(session, request: gr.Request = None):
+def export(request: gr.Request = None):
     """ZIP with slide-ready figures, the scores and kept indices, the answers and the exact configuration (made
     once per run and colour mode; a sweep adds to it)."""
-    session = need_session(session, request)
+    session = need_session(request)
     return session.files.built(views.export_name(session, ".zip"), lambda: views.export_zip(session))
 
 
@@ -523,14 +533,14 @@ def parse_ratios(text) -> list[float]:
     return ratios
 
 
-def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), progress=gr.Progress(),
+def sweep(keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), progress=gr.Progress(),
           request: gr.Request = None):
     """log p(unpruned answer | pruned prompt) for each method over keep ratios (one prefill each)."""
-    session = need_session(session, request)
+    session = need_session(request)
     ratios = parse_ratios(keep_ratios)
     analysis = session.analysis
     if session.stability is not None and session.stability["keep_ratios"] == ratios:  # already computed (or precomputed)
-        return session, views.stability_picture(session.stability, analysis), session.stability
+        return views.stability_picture(session.stability, analysis), session.stability
     if not analysis.reference.answer_token_ids:
         raise gr.Error("The unpruned answer is empty, so there is nothing to score; ask another question.")
     if LOADED is None:
@@ -544,8 +554,9 @@ def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIO
     except ValueError as error:
         raise gr.Error(str(error)) from None
     session.stability = {"keep_ratios": ratios, "curves": curves}
+    SESSIONS.renew(session_id(request), session)
     session.files.discard(views.export_name(session, ".zip"))  # the next export includes the sweep
-    return session, views.stability_picture(session.stability, analysis), session.stability
+    return views.stability_picture(session.stability, analysis), session.stability
 
 
 # ---------------------------------------------------------------------------------------------- texts
@@ -731,7 +742,6 @@ def figure(picture_id: str, title: str, **options) -> tuple[gr.Image, gr.HTML]:
 def build_demo() -> gr.Blocks:
     method_choices = [(METHOD_LABELS[m], m) for m in METHODS]
     with GuardedBlocks(title="G-Prune Explorer", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(None, time_to_live=SESSION_TTL_S)
         playing = gr.State(False)
         gr.Markdown(INTRO, elem_id="intro")
         if RANDOM_WEIGHTS:
@@ -864,48 +874,48 @@ def build_demo() -> gr.Blocks:
         legends = [heatmap_legend, mask_legend]
         run_inputs = [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
                       max_new_tokens, view, system_prompt, measure_timings]
-        run_outputs = [session, heatmap, mask, gallery, answers, summary]
+        run_outputs = [heatmap, mask, gallery, answers, summary]
         synced = [iteration, heatmap, caption, *legends, method_a, method_b, difference_image, difference_counts,
                   similarity_plot, score_plot, facts, highlight, trace, token_info, status, notice, gif_file]
         run.click(analyze_image, run_inputs, run_outputs, api_name="analyze", **gpu_queue).success(
-            after_analyze, [session, view, colour_mode], synced, api_visibility="private", **cpu_queue,
+            after_analyze, [view, colour_mode], synced, api_visibility="private", **cpu_queue,
         ).then(None, js=SCROLL_TO_RESULTS)
         if example_list is not None and len(BUNDLES):
             # A precomputed example needs neither the model nor the GPU queue: it opens on the click.
             example_list.load_input_event.then(open_example, run_inputs, run_outputs, api_visibility="private",
                                                **cpu_queue).success(
-                after_analyze, [session, view, colour_mode], synced, api_visibility="private", **cpu_queue,
+                after_analyze, [view, colour_mode], synced, api_visibility="private", **cpu_queue,
             ).then(None, js=SCROLL_TO_RESULTS)
         # Two listeners, each "always_last" (never two at once, the latest value last), so the legends can never
         # be left showing an older iteration than the pictures, as a chained event finishing late could.
-        iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step", **redraw)
-        iteration.change(step_details, [session, view, iteration], [*legends, score_plot], api_visibility="private",
+        iteration.change(step, [view, iteration], [heatmap, mask, caption], api_name="step", **redraw)
+        iteration.change(step_details, [view, iteration], [*legends, score_plot], api_visibility="private",
                          **redraw)
-        play.click(toggle_play, [playing, session, iteration], [playing, timer, play, iteration], api_visibility="private")
-        timer.tick(play_tick, [session, iteration], [playing, timer, play, iteration], api_visibility="private",
+        play.click(toggle_play, [playing, iteration], [playing, timer, play, iteration], api_visibility="private")
+        timer.tick(play_tick, [iteration], [playing, timer, play, iteration], api_visibility="private",
                    show_progress="hidden")
-        keep_ratio.input(change_keep_ratio, [session, view, iteration, keep_ratio, method_a, method_b],
+        keep_ratio.input(change_keep_ratio, [view, iteration, keep_ratio, method_a, method_b],
                          [mask, caption, *legends, gallery, difference_image, difference_counts, score_plot, notice],
                          api_visibility="private", **redraw)
-        colour_mode.input(change_colour, [session, view, iteration, colour_mode], [heatmap, heatmap_legend],
+        colour_mode.input(change_colour, [view, iteration, colour_mode], [heatmap, heatmap_legend],
                           api_visibility="private", **redraw)
-        view.input(change_view, [session, view, iteration, method_a, method_b],
+        view.input(change_view, [view, iteration, method_a, method_b],
                    [heatmap, mask, caption, *legends, gallery, difference_image, difference_counts, similarity_plot,
                     score_plot, facts], api_visibility="private", **cpu_queue)
-        gr.on([method_a.input, method_b.input], difference, [session, method_a, method_b, view],
+        gr.on([method_a.input, method_b.input], difference, [method_a, method_b, view],
               [difference_image, difference_counts], api_name="difference", **cpu_queue)
         for picture in (heatmap, mask, highlight):
-            picture.select(inspect_click, [session, view], [x, y, highlight, trace, token_info],
+            picture.select(inspect_click, [view], [x, y, highlight, trace, token_info],
                            api_visibility="private", **cpu_queue
                            ).success(reveal, None, trace, api_visibility="private", queue=False
                                      ).success(None, js=SCROLL_TO_INSPECT)
-        inspect_button.click(inspect, [session, view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue
+        inspect_button.click(inspect, [view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue
                              ).success(reveal, None, trace, api_visibility="private", queue=False)
-        gif_button.click(iterations_gif, [session, view], gif_file, api_name="gif", **cpu_queue
+        gif_button.click(iterations_gif, [view], gif_file, api_name="gif", **cpu_queue
                          ).success(reveal, None, gif_file, api_visibility="private", queue=False)
-        export_button.click(export, [session], export_file, api_name="export", **cpu_queue
+        export_button.click(export, None, export_file, api_name="export", **cpu_queue
                             ).success(reveal, None, export_file, api_visibility="private", queue=False)
-        sweep_button.click(sweep, [session, ratios], [session, stability_plot, stability_json], api_name="sweep", **gpu_queue)
+        sweep_button.click(sweep, [ratios], [stability_plot, stability_json], api_name="sweep", **gpu_queue)
         presentation.change(None, presentation, js=TOGGLE_PRESENTATION)
         demo.load(None, None, presentation, js=PRESENTATION_FROM_URL)
     return demo
@@ -922,6 +932,8 @@ demo = build_demo()
 demo.queue(default_concurrency_limit=STEP_CONCURRENCY)
 
 if __name__ == "__main__":
-    demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS, css=CSS,
+    demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=GRADIO_SESSION_CAPACITY, css=CSS,
                 footer_links=["api", "gradio"],
-                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES)]})
+                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES,
+                                                       max_queued_runs=MAX_QUEUED_RUNS,
+                                                       max_queued_runs_per_client=MAX_QUEUED_RUNS_PER_CLIENT)]})

@@ -2,7 +2,8 @@
 stays short, and no client-chosen value can make the server hold unbounded memory.
 
 * `RequestGuard`, an ASGI middleware in front of Gradio's routes: caps request bodies, accepts only session
-  ids shaped like the ones Gradio's clients make, and lets a session have one raw `/call` in flight.
+  ids shaped like the ones Gradio's clients make, names unknown endpoints, caps the model's queue (one waiting
+  Run per session, a few per client) and lets a session have one raw `/call` in flight.
 * `GuardedBlocks`, the app's `gr.Blocks`: refuses a call with missing inputs by name or with a file that was
   not uploaded, logs a refused input as one line, and answers an unexpected failure with a reference to its
   logged traceback.
@@ -29,6 +30,7 @@ from app_inputs import shown, uploaded_file
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_BODY_BYTES = 1 << 20  # API calls are JSON; files go through /upload (a data: URL image up to ~750 kB fits)
 MULTIPART_OVERHEAD = 1 << 16  # boundary and part headers around the one file of an upload
+MODEL_QUEUE = "gpu"  # the concurrency id of the events that call the model (Run, sweep)
 
 log = logging.getLogger("gprune.app")
 log.setLevel(logging.INFO)
@@ -66,9 +68,11 @@ class RequestGuard:
       result is read. Browsers and gradio_client use `/queue/join`, whose stream is demultiplexed by event.
     """
 
-    def __init__(self, app, blocks: gr.Blocks, max_upload_bytes: int):
+    def __init__(self, app, blocks: gr.Blocks, max_upload_bytes: int, max_queued_runs: int = 16,
+                 max_queued_runs_per_client: int = 3):
         self.app, self.blocks = app, blocks
         self.max_upload_bytes = max_upload_bytes
+        self.max_queued_runs, self.max_queued_runs_per_client = max_queued_runs, max_queued_runs_per_client
         self.calls_starting: set[str] = set()  # /call POSTs between this check and Gradio's queue
 
     async def __call__(self, scope, receive, send):
@@ -105,33 +109,82 @@ class RequestGuard:
         if not declared.isdigit() or int(declared) > limit:
             raise Refused(413, f"Request body too large: at most {limit:,} bytes ({hint}).")
 
-    @staticmethod
-    def check_url(request: Request) -> None:
+    def check_url(self, request: Request) -> None:
         if "session_hash" in request.query_params:
             check_session_id(request.query_params["session_hash"])
         heartbeat = re.search(r"/gradio_api/heartbeat/([^/]*)$", request.url.path)
         if heartbeat:
             check_session_id(heartbeat[1])
+        if "," in request.headers.get("range", ""):  # Starlette's file response fails on several ranges (HTTP 500)
+            raise Refused(416, "Only one byte range per request is served; ask for the ranges one at a time.")
+        called = re.search(r"/gradio_api/call/([^/]*)/?$", request.url.path)
+        if called and request.method == "POST" and called[1] not in self.api_names():
+            raise Refused(404, f"There is no endpoint named {shown(called[1], 60)}; the endpoints are "
+                               f"{', '.join('/' + name for name in sorted(self.api_names()))}.")
+
+    def api_names(self) -> set[str]:
+        return {fn.api_name for fn in self.blocks.fns.values() if fn.api_name and fn.api_visibility != "private"}
 
     def call_session(self, request: Request, body: bytes) -> str | None:
-        """Check the JSON body's session id; for a raw `/call`, return it (refused if the session is busy)."""
+        """Check the JSON body (its session id, its data, the function it names, the model queue); for a raw
+        `/call`, return its session id (refused if the session is busy)."""
         try:
             payload = json.loads(body) if body else None
         except ValueError:
             return None  # not JSON: the route answers as it would
         except RecursionError:  # the routes' own parsing would fail the same way, with an unexplained 500
             raise Refused(400, "The request's JSON is nested too deeply.") from None
-        if not isinstance(payload, dict) or payload.get("session_hash") is None:
+        if not isinstance(payload, dict) or request.method != "POST":
             return None
-        session = payload["session_hash"]
-        check_session_id(session)
-        if request.method != "POST" or "/gradio_api/call/" not in request.url.path:
+        if "data" in payload and not isinstance(payload["data"], list):  # e.g. NaN: Gradio's 422 cannot encode it
+            raise Refused(422, f"data must be a list of the endpoint's inputs; got {shown(payload['data'])}.")
+        session = payload.get("session_hash")
+        if session is not None:
+            check_session_id(session)
+        fn = self.called_function(request, payload)
+        if fn is not None and fn.concurrency_id == MODEL_QUEUE:
+            self.check_model_queue(request, session)
+        if session is None or "/gradio_api/call/" not in request.url.path:
             return None
         # Gradio's own record of a session's events whose result no stream has read yet.
         if session in self.calls_starting or self.blocks._queue.pending_event_ids_session.get(session):
             raise Refused(409, "This session already has a call in progress: read its result (GET "
                                "/gradio_api/call/<endpoint>/<event_id>) before sending its next call.")
         return session
+
+    def called_function(self, request: Request, payload: dict):
+        """The function a `/queue/join` (by `fn_index`) or `/call/<name>` runs, or None for other routes."""
+        path = request.url.path
+        if path.endswith("/gradio_api/queue/join"):
+            index = payload.get("fn_index")
+            fn = self.blocks.fns.get(index) if isinstance(index, int) and not isinstance(index, bool) else None
+            if fn is None:
+                raise Refused(404, f"fn_index {shown(index)} names no function of this app; take the indices "
+                                   "from /config (gradio_client does).")
+            return fn
+        called = re.search(r"/gradio_api/call/([^/]*)/?$", path)
+        if called:
+            return next(fn for fn in self.blocks.fns.values() if fn.api_name == called[1])
+        return None
+
+    def check_model_queue(self, request: Request, session: str | None) -> None:
+        """A Run (or sweep) waits in the model's queue: at most `max_queued_runs` there, one per session and
+        `max_queued_runs_per_client` per client address (HTTP 429, or 503 when the queue is full)."""
+        queue = self.blocks._queue.event_queue_per_concurrency_id.get(MODEL_QUEUE)
+        waiting = list(queue.queue) if queue is not None else []
+        client = request.client.host if request.client else None
+        if session is not None and any(event.session_hash == session for event in waiting):
+            raise Refused(429, "This session already has a Run waiting for the model; wait for its result first.")
+        if sum(1 for event in waiting if event_client(event) == client) >= self.max_queued_runs_per_client:
+            raise Refused(429, f"You have {self.max_queued_runs_per_client} Runs waiting for the model already; "
+                               "wait for their results first.")
+        if len(waiting) >= self.max_queued_runs:
+            raise Refused(503, f"The model's queue is full ({len(waiting)} Runs waiting); try again in a minute.")
+
+
+def event_client(event) -> str | None:
+    client = getattr(event.request, "client", None)
+    return client.host if client else None
 
 
 async def read_body(receive, limit: int) -> bytes:

@@ -120,7 +120,6 @@ def app_server(app_process) -> str:
 
 
 SECRET_CANARY = "hf_secret_canary_123"
-SHORT_TTL_S = 6
 SHORT_MAX_SESSIONS = 2
 
 
@@ -132,7 +131,7 @@ PLANTED_TARGET, PLANTED_FILE = "attacker", "keep.txt"
 
 @pytest.fixture(scope="session")
 def limits_app(tmp_path_factory):
-    """A second app with short session limits (TTL 6 s, 2 sessions), a canary `HF_TOKEN` in its environment, no
+    """A second app with a session cap of 2 (and the default 2 h TTL), a canary `HF_TOKEN` in its environment, no
     GRADIO_TEMP_DIR, and `PLANTED` symlinks in its TMPDIR (`AppProcess.log_path.parent`)."""
     folder = tmp_path_factory.mktemp("limits_app")
     target = folder / PLANTED_TARGET
@@ -141,7 +140,7 @@ def limits_app(tmp_path_factory):
     os.utime(target / PLANTED_FILE, (0, 0))  # older than any clean-up age
     for name in PLANTED:
         (folder / name).symlink_to(target, target_is_directory=True)
-    env = dict(GPRUNE_SESSION_TTL_S=str(SHORT_TTL_S), GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY,
+    env = dict(GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY,
                GRADIO_TEMP_DIR="")
     with running_app(folder, env) as app:
         yield app
