@@ -9,7 +9,8 @@ whose image, question and settings match one of the model's bundles is served fr
 
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
 run, default 7200), GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64) and
-GPRUNE_SESSION_MEMORY_MB (the memory all sessions' results may take, default 4096).
+GPRUNE_SESSION_MEMORY_MB (the memory all sessions' results may take, default 4096); upload quotas
+GPRUNE_UPLOAD_MB_PER_CLIENT (per client address, default 400) and GPRUNE_UPLOAD_MB_TOTAL (default 4096), over 2 h.
 
 This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). What a
 client sends is checked by `app_inputs` (values) and `app_guard` (requests); files are written by `app_files`
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,7 @@ import viz
 import zerogpu
 from app_bundles import Bundles
 from app_files import SessionFiles, write_gradio_cache_atomically
-from app_guard import GuardedBlocks, RequestGuard
+from app_guard import GuardedBlocks, RequestGuard, UploadQuota
 from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, Upload, pixel_coordinates,
                         read_question)
 from app_sessions import EVICTED, SessionStore
@@ -76,6 +78,8 @@ def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # checked from the header, before any decoding ...
 MAX_DECODED_BYTES = 120_000_000  # ... as is the memory the decoded pixels take (30 megapixels of colour)
+# Every decode (a Run, an example click) takes this: one image in memory at a time, whichever queue it came by.
+DECODING = threading.BoundedSemaphore(1)
 try:
     # A session's results are dropped this long after the Run (or sweep) that stored them ...
     SESSION_TTL_S = env_setting("GPRUNE_SESSION_TTL_S", 2 * 3600, float, minimum=1)
@@ -83,13 +87,17 @@ try:
     # least recently used are dropped). Requests that store nothing never count.
     MAX_SESSIONS = env_setting("GPRUNE_MAX_SESSIONS", 64, int, minimum=1)
     SESSION_MEMORY_MB = env_setting("GPRUNE_SESSION_MEMORY_MB", 4096, float, minimum=1)
+    # Upload quotas over the 2 hours Gradio may keep an upload (it deletes them hourly once an hour old).
+    UPLOAD_MB_PER_CLIENT = env_setting("GPRUNE_UPLOAD_MB_PER_CLIENT", 400, float, minimum=1)
+    UPLOAD_MB_TOTAL = env_setting("GPRUNE_UPLOAD_MB_TOTAL", 4096, float, minimum=1)
 except ValueError as error:
     sys.exit(f"error: {error}")
 SESSIONS = SessionStore(SESSION_TTL_S, MAX_SESSIONS, int(SESSION_MEMORY_MB * 2**20))
 SESSIONS.purge_every(min(60.0, SESSION_TTL_S / 4))
+UPLOAD_QUOTA = UploadQuota(int(UPLOAD_MB_PER_CLIENT * 2**20), int(UPLOAD_MB_TOTAL * 2**20), window_s=2 * 3600)
 # Gradio's own per-session entries (UI values only: the play flag, a run's slider range) are made for every
 # session id it sees; they hold no results, so its cap only bounds their memory.
-GRADIO_SESSION_CAPACITY = 2_000
+GRADIO_SESSION_CAPACITY = 500  # ~80 kB each (bench/session_memory.py)
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
@@ -177,11 +185,13 @@ def read_image(upload: Upload | None) -> Image.Image:
     """The uploaded image as the model will see it: decoded, checked, downscaled to `MODEL_MAX_SIDE`."""
     if upload is None:
         raise gr.Error("Upload an image (or click one of the examples) first.")
-    try:
-        image = load_image(upload.data, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
-    except ValueError as error:
-        raise gr.Error(f"{UNUSABLE}{error}.") from None
-    fitted = fit_image(image, MODEL_MAX_SIDE)
+    with DECODING:
+        try:
+            image = load_image(upload.data, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
+        except ValueError as error:
+            raise gr.Error(f"{UNUSABLE}{error}.") from None
+        fitted, (width, height) = fit_image(image, MODEL_MAX_SIDE), image.size
+        del image  # only the downscaled copy leaves the bounded section
     if LOADED is None:  # only precomputed examples are served: no grid to check
         return fitted
     # Checked here, before the model, to quote the size of the upload rather than of its downscaled copy.
@@ -189,7 +199,7 @@ def read_image(upload: Upload | None) -> Image.Image:
     grid = token_layout((fitted.height, fitted.width), LOADED.model.config.image_grid_pinpoints, vision.image_size,
                         vision.patch_size)
     if grid.rows == 0 or grid.cols == 0:
-        raise gr.Error(f"{UNUSABLE}a {image.width}×{image.height} image is too thin: its high-resolution grid has no "
+        raise gr.Error(f"{UNUSABLE}a {width}×{height} image is too thin: its high-resolution grid has no "
                        "cells; crop or pad it to an aspect ratio of at most about 1:100.")
     return fitted
 
@@ -507,7 +517,7 @@ def play_tick(iteration, request: gr.Request = None):
 def iterations_gif(view="grid", request: gr.Request = None):
     """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and display)."""
     session, view = need_session(request), views.check_view(view)
-    return session.files.built(views.gif_name(session, view), lambda: views.iterations_gif(session, view))
+    return session.files.built(f"gif-{view}", views.gif_name(session, view), lambda: views.iterations_gif(session, view))
 
 
 @shown
@@ -515,7 +525,7 @@ def export(request: gr.Request = None):
     """ZIP with slide-ready figures, the scores and kept indices, the answers and the exact configuration (made
     once per run and colour mode; a sweep adds to it)."""
     session = need_session(request)
-    return session.files.built(views.export_name(session, ".zip"), lambda: views.export_zip(session))
+    return session.files.built("zip", views.export_name(session, ".zip"), lambda: views.export_zip(session))
 
 
 def reveal():
@@ -934,6 +944,6 @@ demo.queue(default_concurrency_limit=STEP_CONCURRENCY)
 if __name__ == "__main__":
     demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=GRADIO_SESSION_CAPACITY, css=CSS,
                 footer_links=["api", "gradio"],
-                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES,
+                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES, upload_quota=UPLOAD_QUOTA,
                                                        max_queued_runs=MAX_QUEUED_RUNS,
                                                        max_queued_runs_per_client=MAX_QUEUED_RUNS_PER_CLIENT)]})
