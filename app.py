@@ -25,6 +25,8 @@ from __future__ import annotations
 from app_folders import private_folders
 
 DOWNLOADS = private_folders()  # first: Gradio (which `spaces` imports) reads its folder's location at import
+FAILURE_IMAGES = DOWNLOADS / "failures"  # the Failures tab's copies of run images (private, served by Gradio)
+FAILURE_IMAGES.mkdir(mode=0o700)
 
 # Hugging Face ZeroGPU: one GPU lease per `@spaces.GPU` call. It must be imported before torch; outside
 # ZeroGPU `spaces.GPU` returns the function unchanged.
@@ -876,7 +878,7 @@ def build_demo() -> gr.Blocks:
                         summary = gr.JSON(label="Analysis summary")
                     app_failures.build_failures_tab(demo, RUNS_DIR, app_failures.ExplorerInputs(
                         image, question, keep_ratio, methods, threshold, temperature, iterations, fastv_layer,
-                        max_new_tokens), MODEL_NAME)
+                        max_new_tokens), MODEL_NAME, FAILURE_IMAGES)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)
