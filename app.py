@@ -8,12 +8,15 @@ Precomputed examples (`python -m gprune precompute`) are read from assets/precom
 whose image, question and settings match one of the model's bundles is served from it, with no model call.
 
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
-run, default 7200) and GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64).
+run, default 7200), GPRUNE_MAX_SESSIONS (sessions holding results at once, default 64) and
+GPRUNE_SESSION_MEMORY_MB (the memory all sessions' results may take, default 4096); upload quotas
+GPRUNE_UPLOAD_MB_PER_CLIENT (per client address, default 400) and GPRUNE_UPLOAD_MB_TOTAL (default 4096), over 2 h.
 
 This file only wires the UI to `gprune` (the model and the methods) and `app_views` (pure rendering). What a
 client sends is checked by `app_inputs` (values) and `app_guard` (requests); files are written by `app_files`
 into the private folders of `app_folders`. The model is loaded once at import and only read afterwards;
-everything a user computes lives in that browser session's `gr.State`. One model call per Run (and per sweep);
+everything a user computes is kept for that browser session by `app_sessions` (keyed by Gradio's session id,
+bounded by age, count and bytes). One model call per Run (and per sweep);
 stepping, inspecting, comparing and exporting afterwards are CPU-only redraws of stored results.
 """
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 from app_folders import private_folders
 
 DOWNLOADS = private_folders()  # first: Gradio (which `spaces` imports) reads its folder's location at import
+FAILURE_IMAGES = DOWNLOADS / "failures"  # the Failures tab's copies of run images (private, served by Gradio)
+FAILURE_IMAGES.mkdir(mode=0o700)
 
 # Hugging Face ZeroGPU: one GPU lease per `@spaces.GPU` call. It must be imported before torch; outside
 # ZeroGPU `spaces.GPU` returns the function unchanged.
@@ -34,8 +39,6 @@ import math
 import os
 import sys
 import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +52,10 @@ import viz
 import zerogpu
 from app_bundles import Bundles
 from app_files import SessionFiles, write_gradio_cache_atomically
-from app_guard import GuardedBlocks, RequestGuard
+from app_guard import GuardedBlocks, RequestGuard, UploadQuota
 from app_inputs import (MAX_QUESTION_CHARS, UNUSABLE, ImageUpload, MethodChoice, Setting, Upload, pixel_coordinates,
                         read_question)
+from app_sessions import EVICTED, SessionStore
 from gprune import (METHOD_LABELS, METHODS, Analysis, AnalysisConfig, analyze, answer_stability, encode, load_model,
                     token_layout)
 from gprune.bundle import model_family
@@ -76,17 +80,30 @@ def env_setting(name: str, default, kind=float, minimum=1, environ=os.environ):
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # checked from the header, before any decoding ...
 MAX_DECODED_BYTES = 120_000_000  # ... as is the memory the decoded pixels take (30 megapixels of colour)
+# Every decode (a Run, an example click) takes this: one image in memory at a time, whichever queue it came by.
+DECODING = threading.BoundedSemaphore(1)
 try:
     # A session's results are dropped this long after the Run (or sweep) that stored them ...
     SESSION_TTL_S = env_setting("GPRUNE_SESSION_TTL_S", 2 * 3600, float, minimum=1)
-    # ... or when more than this many sessions hold results (the least recently used are dropped).
+    # ... or when more than this many sessions hold results, or they take more than this much memory (the
+    # least recently used are dropped). Requests that store nothing never count.
     MAX_SESSIONS = env_setting("GPRUNE_MAX_SESSIONS", 64, int, minimum=1)
+    SESSION_MEMORY_MB = env_setting("GPRUNE_SESSION_MEMORY_MB", 4096, float, minimum=1)
+    # Upload quotas over the 2 hours Gradio may keep an upload (it deletes them hourly once an hour old).
+    UPLOAD_MB_PER_CLIENT = env_setting("GPRUNE_UPLOAD_MB_PER_CLIENT", 400, float, minimum=1)
+    UPLOAD_MB_TOTAL = env_setting("GPRUNE_UPLOAD_MB_TOTAL", 4096, float, minimum=1)
 except ValueError as error:
     sys.exit(f"error: {error}")
-REMEMBERED_SESSIONS = 10_000  # ids (only) of sessions that ran, to tell "expired" from "never ran"
+SESSIONS = SessionStore(SESSION_TTL_S, MAX_SESSIONS, int(SESSION_MEMORY_MB * 2**20))
+SESSIONS.purge_every(min(60.0, SESSION_TTL_S / 4))
+UPLOAD_QUOTA = UploadQuota(int(UPLOAD_MB_PER_CLIENT * 2**20), int(UPLOAD_MB_TOTAL * 2**20), window_s=2 * 3600)
+# Gradio's own per-session entries (UI values only: the play flag, a run's slider range) are made for every
+# session id it sees; they hold no results, so its cap only bounds their memory.
+GRADIO_SESSION_CAPACITY = 500  # ~80 kB each (bench/session_memory.py)
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
+MAX_QUEUED_RUNS, MAX_QUEUED_RUNS_PER_CLIENT = 16, 3  # Runs and sweeps waiting for the model (one per session)
 MAX_UI_ITERATIONS = 20
 TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 
@@ -171,11 +188,13 @@ def read_image(upload: Upload | None) -> Image.Image:
     """The uploaded image as the model will see it: decoded, checked, downscaled to `MODEL_MAX_SIDE`."""
     if upload is None:
         raise gr.Error("Upload an image (or click one of the examples) first.")
-    try:
-        image = load_image(upload.data, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
-    except ValueError as error:
-        raise gr.Error(f"{UNUSABLE}{error}.") from None
-    fitted = fit_image(image, MODEL_MAX_SIDE)
+    with DECODING:
+        try:
+            image = load_image(upload.data, max_pixels=MAX_PIXELS, max_bytes=MAX_DECODED_BYTES)
+        except ValueError as error:
+            raise gr.Error(f"{UNUSABLE}{error}.") from None
+        fitted, (width, height) = fit_image(image, MODEL_MAX_SIDE), image.size
+        del image  # only the downscaled copy leaves the bounded section
     if LOADED is None:  # only precomputed examples are served: no grid to check
         return fitted
     # Checked here, before the model, to quote the size of the upload rather than of its downscaled copy.
@@ -183,7 +202,7 @@ def read_image(upload: Upload | None) -> Image.Image:
     grid = token_layout((fitted.height, fitted.width), LOADED.model.config.image_grid_pinpoints, vision.image_size,
                         vision.patch_size)
     if grid.rows == 0 or grid.cols == 0:
-        raise gr.Error(f"{UNUSABLE}a {image.width}×{image.height} image is too thin: its high-resolution grid has no "
+        raise gr.Error(f"{UNUSABLE}a {width}×{height} image is too thin: its high-resolution grid has no "
                        "cells; crop or pad it to an aspect ratio of at most about 1:100.")
     return fitted
 
@@ -216,29 +235,26 @@ def duration_text(seconds: float) -> str:
             return f"{value:g} {unit}{'' if value == 1 else 's'}"
 
 
-_ran_sessions: OrderedDict[str, float] = OrderedDict()  # session hash → time of its last Run; no results here
-_ran_lock = threading.Lock()
+def session_id(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
 
 
-def remember_run(request: gr.Request | None) -> None:
-    key = getattr(request, "session_hash", None)
-    if key:
-        with _ran_lock:
-            _ran_sessions[key] = time.time()
-            _ran_sessions.move_to_end(key)
-            while len(_ran_sessions) > REMEMBERED_SESSIONS:
-                _ran_sessions.popitem(last=False)
+def stored_session(request: gr.Request | None) -> StoredSession | None:
+    """This session's stored results, or None (no Run yet, or dropped)."""
+    return SESSIONS.get(session_id(request))
 
 
-def need_session(session, request: gr.Request | None = None) -> views.Session:
-    """The session's stored analysis, or a gr.Error saying whether none was run yet or its results expired."""
+def need_session(request: gr.Request | None) -> StoredSession:
+    """The session's stored analysis, or a gr.Error saying whether none was run yet or why its results went."""
+    session = stored_session(request)
     if session is not None:
         return session
     kept = (f"results are kept for {duration_text(SESSION_TTL_S)} after a run, for at most {MAX_SESSIONS} "
-            "sessions at once")
-    with _ran_lock:
-        ran = getattr(request, "session_hash", None) in _ran_sessions
-    if ran:
+            f"sessions and {SESSION_MEMORY_MB:,.0f} MB at once")
+    reason = SESSIONS.dropped(session_id(request))
+    if reason == EVICTED:
+        raise gr.Error(f"This session's results were dropped to make room for newer sessions' ({kept}). Press Run again.")
+    if reason is not None:
         raise gr.Error(f"This session expired: its results were dropped ({kept}). Press Run again.")
     raise gr.Error(f"Run an analysis first: upload an image, type a question, press Run ({kept}).")
 
@@ -258,7 +274,7 @@ def shown(function):
 
 @dataclass
 class StoredSession(views.Session):
-    """What a session's `gr.State` holds: its results, and its downloads on disk, which go with them."""
+    """What the app keeps for a session: its results, and its downloads on disk, which go with them."""
 
     files: SessionFiles = field(default_factory=lambda: SessionFiles(DOWNLOADS))
 
@@ -300,14 +316,17 @@ def precomputed_analysis(image: Upload, picture: Image.Image, question: str, con
 
 
 def analysis_outputs(analysis: Analysis, stability, image: Upload, view: str, request) -> tuple:
-    """Keep `analysis` in a new session and draw what a Run shows first."""
+    """Keep `analysis` as this session's results and draw what a Run shows first."""
     session = StoredSession(**vars(views.new_session(analysis, image_name=image.name)))
     session.stability = stability
-    remember_run(request)
+    try:
+        SESSIONS.put(session_id(request), session)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
     heatmap, mask = (None, None)
     if "gprune" in analysis.results:
         heatmap, mask, _ = views.iteration_pictures(session, view, analysis.config.iterations)
-    return (session, heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
+    return (heatmap, mask, views.method_pictures(session, view), views.comparison_html(analysis),
             analysis.summary())
 
 
@@ -346,9 +365,9 @@ def open_example(image, question, keep_ratio, threshold, temperature, iterations
 
 
 @shown
-def after_analyze(session, view, colour_mode):
+def after_analyze(view, colour_mode, request: gr.Request = None):
     """Sync every view-dependent control after a run (UI only)."""
-    session = need_session(session)
+    session = need_session(request)
     views.set_display(session, colour_mode=colour_mode)
     analysis = session.analysis
     iterations = views.iteration_count(analysis)
@@ -394,24 +413,24 @@ def learn_pictures(session: views.Session, view: str, iteration: int):
 
 
 @shown
-def step(session, view="grid", iteration=0, request: gr.Request = None):
+def step(view="grid", iteration=0, request: gr.Request = None):
     """Redraw G-Prune's heatmap and kept mask after `iteration` iterations (stored scores, no model call)."""
-    return views.iteration_pictures(need_session(session, request), view, iteration)
+    return views.iteration_pictures(need_session(request), view, iteration)
 
 
 @shown
-def step_details(session, view, iteration):
+def step_details(view, iteration, request: gr.Request = None):
     """The legends and the Learn tab's score histogram for the iteration on display (UI only)."""
-    session = need_session(session)
+    session = need_session(request)
     if "gprune" not in session.analysis.results:
         return "", "", None
     return (*iteration_legends(session, view, iteration), views.score_picture(session, view, iteration))
 
 
 @shown
-def change_view(session, view, iteration, method_a, method_b, request: gr.Request = None):
+def change_view(view, iteration, method_a, method_b, request: gr.Request = None):
     """Redraw everything for the other view (UI only)."""
-    session = need_session(session, request)
+    session = need_session(request)
     analysis = session.analysis
     if "gprune" in analysis.results:
         heatmap, mask, caption = views.iteration_pictures(session, view, iteration)
@@ -423,8 +442,9 @@ def change_view(session, view, iteration, method_a, method_b, request: gr.Reques
 
 
 @shown
-def change_colour(session, view, iteration, colour_mode):
+def change_colour(view, iteration, colour_mode, request: gr.Request = None):
     """Recolour the heatmap: rank, log or linear (UI only; no session yet: nothing to redraw)."""
+    session = stored_session(request)
     if session is None:
         return gr.skip(), gr.skip()
     views.set_display(session, colour_mode=colour_mode)
@@ -434,10 +454,11 @@ def change_colour(session, view, iteration, colour_mode):
 
 
 @shown
-def change_keep_ratio(session, view, iteration, keep_ratio, method_a, method_b):
+def change_keep_ratio(view, iteration, keep_ratio, method_a, method_b, request: gr.Request = None):
     """Redraw every mask at another keep ratio from the stored scores: no model call (UI only).
 
     Before any run there is nothing to redraw and the slider only sets the next run's ratio."""
+    session = stored_session(request)
     if session is None:
         return tuple(gr.skip() for _ in range(9))
     views.set_display(session, keep_ratio=keep_ratio)
@@ -451,31 +472,31 @@ def change_keep_ratio(session, view, iteration, keep_ratio, method_a, method_b):
 
 
 @shown
-def difference(session, method_a="gprune", method_b="fastv", view="grid", request: gr.Request = None):
+def difference(method_a="gprune", method_b="fastv", view="grid", request: gr.Request = None):
     """Tokens kept by method A but not B (orange), by B but not A (blue)."""
-    return views.difference_picture(need_session(session, request), method_a, method_b, view)
+    return views.difference_picture(need_session(request), method_a, method_b, view)
 
 
 @shown
-def inspect(session, view="grid", x=0.0, y=0.0, request: gr.Request = None):
+def inspect(view="grid", x=0.0, y=0.0, request: gr.Request = None):
     """The token under pixel (x, y) of the analysed image: score trace, graph edges, who kept it."""
-    session = need_session(session, request)
+    session = need_session(request)
     x, y = pixel_coordinates(x, y)
     found = views.inspect_token(session, view, x, y)
     return found.highlight, found.trace, found.markdown
 
 
 @shown
-def inspect_click(session, view, evt: gr.SelectData, request: gr.Request = None):
+def inspect_click(view, evt: gr.SelectData, request: gr.Request = None):
     """A click on a picture (display pixels) → the same as `inspect` at the original-image pixel."""
-    session = need_session(session, request)
-    sx, sy = session.canvas.scale
+    sx, sy = need_session(request).canvas.scale
     x, y = round(evt.index[0] / sx, 1), round(evt.index[1] / sy, 1)
-    return (x, y, *inspect(session, view, x, y))
+    return (x, y, *inspect(view, x, y, request))
 
 
-def toggle_play(playing, session, iteration):
+def toggle_play(playing, iteration, request: gr.Request = None):
     """▶ starts stepping the iteration slider once per tick (from 0 if it is at the end); ⏸ stops it."""
+    session = stored_session(request)
     if session is None or "gprune" not in session.analysis.results:
         raise gr.Error("Run an analysis with G-Prune first: the play button steps through its iterations.")
     if playing:
@@ -484,8 +505,9 @@ def toggle_play(playing, session, iteration):
     return True, gr.Timer(active=True), gr.Button(PAUSE_LABEL), start
 
 
-def play_tick(session, iteration):
+def play_tick(iteration, request: gr.Request = None):
     """One animation step; at the last iteration the animation stops."""
+    session = stored_session(request)
     last = views.iteration_count(session.analysis) if session is not None else 0
     if iteration >= last:
         return False, gr.Timer(active=False), gr.Button(PLAY_LABEL), gr.skip()
@@ -495,18 +517,18 @@ def play_tick(session, iteration):
 
 
 @shown
-def iterations_gif(session, view="grid", request: gr.Request = None):
+def iterations_gif(view="grid", request: gr.Request = None):
     """Animated GIF of G-Prune's heatmap and kept mask over the iterations (made once per run and display)."""
-    session, view = need_session(session, request), views.check_view(view)
-    return session.files.built(views.gif_name(session, view), lambda: views.iterations_gif(session, view))
+    session, view = need_session(request), views.check_view(view)
+    return session.files.built(f"gif-{view}", views.gif_name(session, view), lambda: views.iterations_gif(session, view))
 
 
 @shown
-def export(session, request: gr.Request = None):
+def export(request: gr.Request = None):
     """ZIP with slide-ready figures, the scores and kept indices, the answers and the exact configuration (made
     once per run and colour mode; a sweep adds to it)."""
-    session = need_session(session, request)
-    return session.files.built(views.export_name(session, ".zip"), lambda: views.export_zip(session))
+    session = need_session(request)
+    return session.files.built("zip", views.export_name(session, ".zip"), lambda: views.export_zip(session))
 
 
 def reveal():
@@ -524,14 +546,14 @@ def parse_ratios(text) -> list[float]:
     return ratios
 
 
-def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), progress=gr.Progress(),
+def sweep(keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIOS), progress=gr.Progress(),
           request: gr.Request = None):
     """log p(unpruned answer | pruned prompt) for each method over keep ratios (one prefill each)."""
-    session = need_session(session, request)
+    session = need_session(request)
     ratios = parse_ratios(keep_ratios)
     analysis = session.analysis
     if session.stability is not None and session.stability["keep_ratios"] == ratios:  # already computed (or precomputed)
-        return session, views.stability_picture(session.stability, analysis), session.stability
+        return views.stability_picture(session.stability, analysis), session.stability
     if not analysis.reference.answer_token_ids:
         raise gr.Error("The unpruned answer is empty, so there is nothing to score; ask another question.")
     if LOADED is None:
@@ -545,8 +567,9 @@ def sweep(session, keep_ratios=", ".join(f"{r:g}" for r in views.STABILITY_RATIO
     except ValueError as error:
         raise gr.Error(str(error)) from None
     session.stability = {"keep_ratios": ratios, "curves": curves}
+    SESSIONS.renew(session_id(request), session)
     session.files.discard(views.export_name(session, ".zip"))  # the next export includes the sweep
-    return session, views.stability_picture(session.stability, analysis), session.stability
+    return views.stability_picture(session.stability, analysis), session.stability
 
 
 # ---------------------------------------------------------------------------------------------- texts
@@ -739,7 +762,6 @@ def figure(picture_id: str, title: str, **options) -> tuple[gr.Image, gr.HTML]:
 def build_demo() -> gr.Blocks:
     method_choices = [(METHOD_LABELS[m], m) for m in METHODS]
     with GuardedBlocks(title="G-Prune Explorer", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(None, time_to_live=SESSION_TTL_S)
         playing = gr.State(False)
         gr.Markdown(INTRO, elem_id="intro")
         if RANDOM_WEIGHTS:
@@ -866,7 +888,7 @@ def build_demo() -> gr.Blocks:
                         summary = gr.JSON(label="Analysis summary")
                     app_failures.build_failures_tab(demo, RUNS_DIR, app_failures.ExplorerInputs(
                         image, question, keep_ratio, methods, threshold, temperature, iterations, fastv_layer,
-                        max_new_tokens), MODEL_NAME)
+                        max_new_tokens), MODEL_NAME, FAILURE_IMAGES)
 
         gpu_queue = dict(concurrency_limit=1, concurrency_id="gpu")
         cpu_queue = dict(concurrency_limit=STEP_CONCURRENCY)
@@ -874,48 +896,48 @@ def build_demo() -> gr.Blocks:
         legends = [heatmap_legend, mask_legend]
         run_inputs = [image, question, keep_ratio, threshold, temperature, iterations, fastv_layer, methods,
                       max_new_tokens, view, system_prompt, measure_timings]
-        run_outputs = [session, heatmap, mask, gallery, answers, summary]
+        run_outputs = [heatmap, mask, gallery, answers, summary]
         synced = [iteration, heatmap, caption, *legends, method_a, method_b, difference_image, difference_counts,
                   similarity_plot, score_plot, facts, highlight, trace, token_info, status, notice, gif_file]
         run.click(analyze_image, run_inputs, run_outputs, api_name="analyze", **gpu_queue).success(
-            after_analyze, [session, view, colour_mode], synced, api_visibility="private", **cpu_queue,
+            after_analyze, [view, colour_mode], synced, api_visibility="private", **cpu_queue,
         ).then(None, js=SCROLL_TO_RESULTS)
         if example_list is not None and len(BUNDLES):
             # A precomputed example needs neither the model nor the GPU queue: it opens on the click.
             example_list.load_input_event.then(open_example, run_inputs, run_outputs, api_visibility="private",
                                                **cpu_queue).success(
-                after_analyze, [session, view, colour_mode], synced, api_visibility="private", **cpu_queue,
+                after_analyze, [view, colour_mode], synced, api_visibility="private", **cpu_queue,
             ).then(None, js=SCROLL_TO_RESULTS)
         # Two listeners, each "always_last" (never two at once, the latest value last), so the legends can never
         # be left showing an older iteration than the pictures, as a chained event finishing late could.
-        iteration.change(step, [session, view, iteration], [heatmap, mask, caption], api_name="step", **redraw)
-        iteration.change(step_details, [session, view, iteration], [*legends, score_plot], api_visibility="private",
+        iteration.change(step, [view, iteration], [heatmap, mask, caption], api_name="step", **redraw)
+        iteration.change(step_details, [view, iteration], [*legends, score_plot], api_visibility="private",
                          **redraw)
-        play.click(toggle_play, [playing, session, iteration], [playing, timer, play, iteration], api_visibility="private")
-        timer.tick(play_tick, [session, iteration], [playing, timer, play, iteration], api_visibility="private",
+        play.click(toggle_play, [playing, iteration], [playing, timer, play, iteration], api_visibility="private")
+        timer.tick(play_tick, [iteration], [playing, timer, play, iteration], api_visibility="private",
                    show_progress="hidden")
-        keep_ratio.input(change_keep_ratio, [session, view, iteration, keep_ratio, method_a, method_b],
+        keep_ratio.input(change_keep_ratio, [view, iteration, keep_ratio, method_a, method_b],
                          [mask, caption, *legends, gallery, difference_image, difference_counts, score_plot, notice],
                          api_visibility="private", **redraw)
-        colour_mode.input(change_colour, [session, view, iteration, colour_mode], [heatmap, heatmap_legend],
+        colour_mode.input(change_colour, [view, iteration, colour_mode], [heatmap, heatmap_legend],
                           api_visibility="private", **redraw)
-        view.input(change_view, [session, view, iteration, method_a, method_b],
+        view.input(change_view, [view, iteration, method_a, method_b],
                    [heatmap, mask, caption, *legends, gallery, difference_image, difference_counts, similarity_plot,
                     score_plot, facts], api_visibility="private", **cpu_queue)
-        gr.on([method_a.input, method_b.input], difference, [session, method_a, method_b, view],
+        gr.on([method_a.input, method_b.input], difference, [method_a, method_b, view],
               [difference_image, difference_counts], api_name="difference", **cpu_queue)
         for picture in (heatmap, mask, highlight):
-            picture.select(inspect_click, [session, view], [x, y, highlight, trace, token_info],
+            picture.select(inspect_click, [view], [x, y, highlight, trace, token_info],
                            api_visibility="private", **cpu_queue
                            ).success(reveal, None, trace, api_visibility="private", queue=False
                                      ).success(None, js=SCROLL_TO_INSPECT)
-        inspect_button.click(inspect, [session, view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue
+        inspect_button.click(inspect, [view, x, y], [highlight, trace, token_info], api_name="inspect", **cpu_queue
                              ).success(reveal, None, trace, api_visibility="private", queue=False)
-        gif_button.click(iterations_gif, [session, view], gif_file, api_name="gif", **cpu_queue
+        gif_button.click(iterations_gif, [view], gif_file, api_name="gif", **cpu_queue
                          ).success(reveal, None, gif_file, api_visibility="private", queue=False)
-        export_button.click(export, [session], export_file, api_name="export", **cpu_queue
+        export_button.click(export, None, export_file, api_name="export", **cpu_queue
                             ).success(reveal, None, export_file, api_visibility="private", queue=False)
-        sweep_button.click(sweep, [session, ratios], [session, stability_plot, stability_json], api_name="sweep", **gpu_queue)
+        sweep_button.click(sweep, [ratios], [stability_plot, stability_json], api_name="sweep", **gpu_queue)
         presentation.change(None, presentation, js=TOGGLE_PRESENTATION)
         demo.load(None, None, presentation, js=PRESENTATION_FROM_URL)
     return demo
@@ -932,6 +954,8 @@ demo = build_demo()
 demo.queue(default_concurrency_limit=STEP_CONCURRENCY)
 
 if __name__ == "__main__":
-    demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=MAX_SESSIONS, css=CSS,
+    demo.launch(server_port=server_port(), max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=GRADIO_SESSION_CAPACITY, css=CSS,
                 footer_links=["api", "gradio"],
-                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES)]})
+                app_kwargs={"middleware": [Middleware(RequestGuard, blocks=demo, max_upload_bytes=MAX_UPLOAD_BYTES, upload_quota=UPLOAD_QUOTA,
+                                                       max_queued_runs=MAX_QUEUED_RUNS,
+                                                       max_queued_runs_per_client=MAX_QUEUED_RUNS_PER_CLIENT)]})

@@ -18,26 +18,32 @@ from gprune.files import write_atomically
 
 
 class SessionFiles:
-    """One session's downloads (ZIP, GIFs): each built once per run and reused, in a folder of its own.
+    """One session's downloads, in a folder of its own: one file per slot (the ZIP; a GIF per view), built once
+    per run and display setting and reused; a file built for another setting replaces its slot's old one.
 
     The folder (random name, made at the first download) goes when this object does, i.e. when the session's
-    results are dropped — a new run, the TTL, the session cap — so one session never holds more than one
-    run's downloads on disk. The lock makes concurrent calls of one session build each file once.
+    results are dropped — a new run, the TTL, the session cap — so one session never holds more than one file
+    per slot on disk. The lock makes concurrent calls of one session build each file once (and one at a time).
     """
 
     def __init__(self, root: Path):
         self._root = root
         self._folder: Path | None = None
+        self._slots: dict[str, str] = {}  # slot → the name of the file in it
         self._lock = threading.Lock()
 
-    def built(self, name: str, build: Callable[[], bytes]) -> str:
-        """The path of `name`, built by `build()` unless this run built it already."""
+    def built(self, slot: str, name: str, build: Callable[[], bytes]) -> str:
+        """The path of `name` in `slot`, built by `build()` unless this run built it already."""
         with self._lock:
             if self._folder is None:
                 self._folder = Path(tempfile.mkdtemp(dir=self._root))
                 weakref.finalize(self, shutil.rmtree, self._folder, True)
+            previous = self._slots.get(slot)
+            if previous is not None and previous != name:
+                (self._folder / previous).unlink(missing_ok=True)
+            self._slots[slot] = name
             path = self._folder / name
-            if not path.is_file():  # first call of this run, or Gradio's hourly clean-up removed it
+            if not path.is_file():  # first call for this setting, or Gradio's hourly clean-up removed it
                 write_atomically(path, build())
             return str(path)
 

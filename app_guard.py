@@ -2,7 +2,8 @@
 stays short, and no client-chosen value can make the server hold unbounded memory.
 
 * `RequestGuard`, an ASGI middleware in front of Gradio's routes: caps request bodies, accepts only session
-  ids shaped like the ones Gradio's clients make, and lets a session have one raw `/call` in flight.
+  ids shaped like the ones Gradio's clients make, names unknown endpoints, caps the model's queue (one waiting
+  Run per session, a few per client) and lets a session have one raw `/call` in flight.
 * `GuardedBlocks`, the app's `gr.Blocks`: refuses a call with missing inputs by name or with a file that was
   not uploaded, logs a refused input as one line, and answers an unexpected failure with a reference to its
   logged traceback.
@@ -10,12 +11,17 @@ stays short, and no client-chosen value can make the server hold unbounded memor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import secrets
+import threading
+import time
+from collections import defaultdict, deque
 
 import gradio as gr
+import gradio.routes
 import pydantic
 from gradio_client.utils import is_file_obj, traverse
 from starlette.formparsers import MultiPartException
@@ -29,6 +35,8 @@ from app_inputs import shown, uploaded_file
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_BODY_BYTES = 1 << 20  # API calls are JSON; files go through /upload (a data: URL image up to ~750 kB fits)
 MULTIPART_OVERHEAD = 1 << 16  # boundary and part headers around the one file of an upload
+MODEL_QUEUE = "gpu"  # the concurrency id of the events that call the model (Run, sweep)
+UPLOAD_PROGRESS_KEPT_S = 60  # Gradio forgets an upload's progress only when a client read it to the end
 
 log = logging.getLogger("gprune.app")
 log.setLevel(logging.INFO)
@@ -46,11 +54,50 @@ class Refused(Exception):
         self.response = JSONResponse({"detail": message}, status_code=status)
 
 
-def check_session_id(value) -> None:
+def check_session_id(value, name: str = "session_hash") -> None:
     if not (isinstance(value, str) and SESSION_ID.fullmatch(value)):
         size = f"{len(value):,} characters" if isinstance(value, str) else type(value).__name__
-        raise Refused(400, f"session_hash must be 1 to 64 letters, digits, '-' or '_' (as Gradio's clients make "
+        raise Refused(400, f"{name} must be 1 to 64 letters, digits, '-' or '_' (as Gradio's clients make "
                            f"them); got {size}.")
+
+
+class UploadQuota:
+    """Bytes each client (by address) and all clients uploaded within the last `window_s` seconds, which is
+    how long Gradio keeps uploads; `clock` is `time.monotonic` (tests pass their own)."""
+
+    def __init__(self, per_client: int, total: int, window_s: float, clock=time.monotonic):
+        self.per_client, self.total, self.window_s, self._clock = per_client, total, window_s, clock
+        self._charges: deque[tuple[float, str, int]] = deque()  # (time, client, bytes), oldest first
+        self._by_client: defaultdict[str, int] = defaultdict(int)
+        self._sum = 0
+        self._lock = threading.Lock()
+
+    def check(self, client: str, nbytes: int) -> None:
+        """Refuse an upload of `nbytes` that would take `client` (HTTP 429) or everyone (503) over the quota."""
+        with self._lock:
+            self._expire()
+            used = self._by_client.get(client, 0)
+            if used + nbytes > self.per_client:
+                raise Refused(429, f"Upload quota reached: {used / 2**20:,.0f} MB uploaded from your address in the "
+                                   f"last {self.window_s / 3600:g} h, at most {self.per_client / 2**20:,.0f} MB; "
+                                   "analyse what you uploaded, or try again later.")
+            if self._sum + nbytes > self.total:
+                raise Refused(503, "This server has taken all the uploads it keeps for now; try again later.")
+
+    def charge(self, client: str, nbytes: int) -> None:
+        with self._lock:
+            self._charges.append((self._clock(), client, nbytes))
+            self._by_client[client] += nbytes
+            self._sum += nbytes
+
+    def _expire(self) -> None:
+        oldest = self._clock() - self.window_s
+        while self._charges and self._charges[0][0] < oldest:
+            _, client, nbytes = self._charges.popleft()
+            self._sum -= nbytes
+            self._by_client[client] -= nbytes
+            if not self._by_client[client]:
+                del self._by_client[client]
 
 
 class RequestGuard:
@@ -66,9 +113,11 @@ class RequestGuard:
       result is read. Browsers and gradio_client use `/queue/join`, whose stream is demultiplexed by event.
     """
 
-    def __init__(self, app, blocks: gr.Blocks, max_upload_bytes: int):
+    def __init__(self, app, blocks: gr.Blocks, max_upload_bytes: int, upload_quota: UploadQuota,
+                 max_queued_runs: int = 16, max_queued_runs_per_client: int = 3):
         self.app, self.blocks = app, blocks
-        self.max_upload_bytes = max_upload_bytes
+        self.max_upload_bytes, self.upload_quota = max_upload_bytes, upload_quota
+        self.max_queued_runs, self.max_queued_runs_per_client = max_queued_runs, max_queued_runs_per_client
         self.calls_starting: set[str] = set()  # /call POSTs between this check and Gradio's queue
 
     async def __call__(self, scope, receive, send):
@@ -82,7 +131,19 @@ class RequestGuard:
                 limit = self.max_upload_bytes + MULTIPART_OVERHEAD
                 self.check_length(request, limit, "an upload carries one file of at most "
                                                   f"{self.max_upload_bytes:,} bytes")
-                await self.app(scope, upload_stream(receive, limit), send)  # streamed to disk by Gradio
+                client = request.client.host if request.client else ""
+                self.upload_quota.check(client, int(request.headers.get("content-length", "0")))
+                stream = upload_stream(receive, limit, lambda size: self.upload_quota.charge(client, size))
+                try:
+                    await self.app(scope, stream, send)  # streamed to disk by Gradio
+                finally:
+                    forget_upload_progress(request.query_params.get("upload_id"), UPLOAD_PROGRESS_KEPT_S)
+                return
+            if scope["path"].endswith("/gradio_api/upload_progress"):
+                try:
+                    await self.app(scope, receive, send)
+                finally:  # an id nobody uploaded under would stay in Gradio's dict of progress signals
+                    forget_upload_progress(request.query_params.get("upload_id"), 0, only_untracked=True)
                 return
             self.check_length(request, MAX_BODY_BYTES, "send images through /gradio_api/upload")
             body = await read_body(receive, MAX_BODY_BYTES)
@@ -105,33 +166,86 @@ class RequestGuard:
         if not declared.isdigit() or int(declared) > limit:
             raise Refused(413, f"Request body too large: at most {limit:,} bytes ({hint}).")
 
-    @staticmethod
-    def check_url(request: Request) -> None:
+    def check_url(self, request: Request) -> None:
         if "session_hash" in request.query_params:
             check_session_id(request.query_params["session_hash"])
+        if "upload_id" in request.query_params:
+            check_session_id(request.query_params["upload_id"], "upload_id")
         heartbeat = re.search(r"/gradio_api/heartbeat/([^/]*)$", request.url.path)
         if heartbeat:
             check_session_id(heartbeat[1])
+        if "," in request.headers.get("range", ""):  # Starlette's file response fails on several ranges (HTTP 500)
+            raise Refused(416, "Only one byte range per request is served; ask for the ranges one at a time.")
+        called = re.search(r"/gradio_api/call/([^/]*)/?$", request.url.path)
+        if called and request.method == "POST" and called[1] not in self.api_names():
+            public = sorted(fn.api_name for fn in self.blocks.fns.values() if fn.api_visibility == "public")
+            raise Refused(404, f"There is no endpoint named {shown(called[1], 60)}; the endpoints are "
+                               f"{', '.join('/' + name for name in public)}.")
+
+    def api_names(self) -> set[str]:
+        """What `/call/<name>` may name: every endpoint that is not private (Gradio refuses the private ones)."""
+        return {fn.api_name for fn in self.blocks.fns.values() if fn.api_name and fn.api_visibility != "private"}
 
     def call_session(self, request: Request, body: bytes) -> str | None:
-        """Check the JSON body's session id; for a raw `/call`, return it (refused if the session is busy)."""
+        """Check the JSON body (its session id, its data, the function it names, the model queue); for a raw
+        `/call`, return its session id (refused if the session is busy)."""
         try:
             payload = json.loads(body) if body else None
         except ValueError:
             return None  # not JSON: the route answers as it would
         except RecursionError:  # the routes' own parsing would fail the same way, with an unexplained 500
             raise Refused(400, "The request's JSON is nested too deeply.") from None
-        if not isinstance(payload, dict) or payload.get("session_hash") is None:
+        if not isinstance(payload, dict) or request.method != "POST":
             return None
-        session = payload["session_hash"]
-        check_session_id(session)
-        if request.method != "POST" or "/gradio_api/call/" not in request.url.path:
+        if "data" in payload and not isinstance(payload["data"], list):  # e.g. NaN: Gradio's 422 cannot encode it
+            raise Refused(422, f"data must be a list of the endpoint's inputs; got {shown(payload['data'])}.")
+        session = payload.get("session_hash")
+        if session is not None:
+            check_session_id(session)
+        fn = self.called_function(request, payload)
+        if fn is not None and fn.concurrency_id == MODEL_QUEUE:
+            self.check_model_queue(request, session)
+        if session is None or "/gradio_api/call/" not in request.url.path:
             return None
         # Gradio's own record of a session's events whose result no stream has read yet.
         if session in self.calls_starting or self.blocks._queue.pending_event_ids_session.get(session):
             raise Refused(409, "This session already has a call in progress: read its result (GET "
                                "/gradio_api/call/<endpoint>/<event_id>) before sending its next call.")
         return session
+
+    def called_function(self, request: Request, payload: dict):
+        """The function a `/queue/join` (by `fn_index`) or `/call/<name>` runs, or None for other routes."""
+        path = request.url.path
+        if path.endswith("/gradio_api/queue/join"):
+            index = payload.get("fn_index")
+            fn = self.blocks.fns.get(index) if isinstance(index, int) and not isinstance(index, bool) else None
+            if fn is None:
+                raise Refused(404, f"fn_index {shown(index)} names no function of this app; take the indices "
+                                   "from /config (gradio_client does).")
+            return fn
+        called = re.search(r"/gradio_api/call/([^/]*)/?$", path)
+        if called:
+            return next(fn for fn in self.blocks.fns.values() if fn.api_name == called[1])
+        return None
+
+    def check_model_queue(self, request: Request, session: str | None) -> None:
+        """A Run (or sweep) waits in the model's queue: at most `max_queued_runs` there, one per session and
+        `max_queued_runs_per_client` per client address (HTTP 429, or 503 when the queue is full)."""
+        queue = self.blocks._queue.event_queue_per_concurrency_id.get(MODEL_QUEUE)
+        waiting = list(queue.queue) if queue is not None else []
+        client = request.client.host if request.client else None
+        if session is not None and any(event.session_hash == session for event in waiting):
+            raise Refused(429, "This session already has a Run waiting for the model; wait for its result first.")
+        if sum(1 for event in waiting if event_client(event) == client) >= self.max_queued_runs_per_client:
+            raise Refused(429, f"You have {self.max_queued_runs_per_client} Runs waiting for the model already; "
+                               "wait for their results first.")
+        if len(waiting) >= self.max_queued_runs:
+            raise Refused(503, f"The model's queue is full ({len(waiting)} Runs waiting); try again in a minute.")
+
+
+def event_client(event) -> str | None:
+    client = getattr(event.request, "client", None)
+    return client.host if client else None
 
 
 async def read_body(receive, limit: int) -> bytes:
@@ -147,8 +261,24 @@ async def read_body(receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def upload_stream(receive, limit: int):
-    """`receive` for Gradio's upload route that stops a body over `limit` bytes or cut off by the client.
+def forget_upload_progress(upload_id: str | None, after_s: float, only_untracked: bool = False) -> None:
+    """Drop Gradio's progress record of `upload_id` in `after_s` seconds (a progress stream reads it meanwhile)."""
+    if not upload_id:
+        return
+    statuses = gradio.routes.file_upload_statuses
+
+    def forget():
+        if not only_untracked:
+            statuses.stop_tracking(upload_id)
+        if upload_id not in statuses._statuses:
+            statuses._signals.pop(upload_id, None)
+
+    asyncio.get_running_loop().call_later(after_s, forget)
+
+
+def upload_stream(receive, limit: int, charge):
+    """`receive` for Gradio's upload route that stops a body over `limit` bytes or cut off by the client, and
+    `charge(size)`s each chunk's size to the client's upload quota.
 
     Both are raised as Gradio's own `MultiPartException`: its parser deletes the part files it has written for
     that exception only (a disconnect would leave them in the upload folder), and its route answers 413 for a
@@ -161,7 +291,9 @@ def upload_stream(receive, limit: int):
         message = await receive()
         if message["type"] == "http.disconnect":
             raise MultiPartException("The upload was interrupted.")
-        size += len(message.get("body", b""))
+        chunk = len(message.get("body", b""))
+        size += chunk
+        charge(chunk)
         if size > limit:
             raise MultiPartException(f"Request body exceeded maximum allowed size of {limit} bytes.")
         return message

@@ -134,6 +134,16 @@ with no_stub_files():
             return super().preprocess(payload)
 
 
+    class RawNumber(gr.Number):
+        """`gr.Number` that hands the handler the JSON value as sent (Gradio's turns `true` into 1.0 and 1.7 into a
+        float without a word), for handlers that check it themselves."""
+
+        is_template = True  # same Svelte component as gr.Number
+
+        def preprocess(self, payload):
+            return payload
+
+
 def in_range(value, low: float, high: float, whole: bool) -> bool:
     """`value` is a real number (not a bool) in [low, high], and whole if `whole`; any JSON value is safe here."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

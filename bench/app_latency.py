@@ -1,4 +1,5 @@
-"""Latency of the running app as a client sees it: `/analyze` and the iteration step `/step`.
+"""Latency of the running app as a client sees it: `/analyze`, the iteration step `/step`, and `/analyze` of a
+shipped example with its default settings (served from its precomputed bundle: what an example click costs).
 
     python -m bench.app_latency                 # starts `python app.py --model tiny` on a free port
     python -m bench.app_latency --model auto    # whatever the app would load (7B on CUDA)
@@ -18,6 +19,7 @@ answer) is reported too. The subprocess is stopped by its own pid at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -133,7 +135,8 @@ def main(argv=None) -> int:
             client = Client(url, verbose=False, download_files=str(tmp / "downloads"), analytics_enabled=False)
             step_parameters = endpoint_parameters(client, "/step")
             endpoint_parameters(client, "/analyze")
-            analyze_times, step_times = [], []
+            example = json.loads((ROOT / "assets" / "examples.json").read_text())[0]
+            analyze_times, step_times, example_times = [], [], []
             # The server's CPU time is part of the measurement, not "other processes".
             quiet = Quiet(enabled=not args.no_quiet and process is not None,
                           also_ours=(process.pid,) if process is not None else ())
@@ -150,6 +153,10 @@ def main(argv=None) -> int:
                         step()
                     else:
                         step_times.append(quiet.run(step)[1])
+                open_example = lambda: client.predict(handle_file(str(ROOT / "assets" / example["file"])),  # noqa: E731
+                                                      example["question"], api_name="/analyze")
+                if round_index >= 0:
+                    example_times.append(quiet.run(open_example)[1])
                 if round_index >= 0 and (round_index + 1) % 5 == 0:
                     print(f"  {round_index + 1}/{args.calls} rounds", file=sys.stderr, flush=True)
         finally:
@@ -162,7 +169,8 @@ def main(argv=None) -> int:
                     process.wait()
                 log.close()
 
-    results = {"/analyze": percentiles(analyze_times), "/step": percentiles(step_times)}
+    results = {"/analyze": percentiles(analyze_times), "/step": percentiles(step_times),
+               "/analyze (precomputed example)": percentiles(example_times)}
     quiet_text = quiet.summary()
     rows = [[name, r["calls"], f"{r['p50_s'] * 1e3:.0f}", f"{r['p95_s'] * 1e3:.0f}", f"{r['mean_s'] * 1e3:.0f}",
              f"{r['max_s'] * 1e3:.0f}"] for name, r in results.items()]
@@ -171,14 +179,16 @@ def main(argv=None) -> int:
     lines = ["# App latency (gradio_client, one session)", "", f"Machine: {machine_line(info)}.", "",
              f"App: {app}{startup_text}.", "",
              f"Rounds of one /analyze (640×480 synthetic image, 2,340 visual tokens, all five methods, default "
-             f"settings) then {args.step_calls_per_round} /step; {args.calls} timed rounds after one warm-up. "
+             f"settings) then {args.step_calls_per_round} /step, then /analyze of the example `{example['file']}` with "
+             f"its question (served from its bundle); {args.calls} timed rounds after one warm-up. "
              + quiet_text + " (The app server's own CPU time counts as the measurement's.)", "",
              markdown_table(["endpoint", "calls", "p50 ms", "p95 ms", "mean ms", "max ms"], rows)]
     markdown = "\n".join(lines)
     print(markdown)
     if not args.no_write:
         data = {"machine": info, "model": args.model, "url": args.url, "startup_s": startup, "calls": args.calls,
-                "endpoints": results, "samples_s": {"/analyze": analyze_times, "/step": step_times},
+                "endpoints": results, "samples_s": {"/analyze": analyze_times, "/step": step_times,
+                                                                   "/analyze (precomputed example)": example_times},
                 "quiet": {"enabled": quiet.enabled, "calls": quiet.calls, "re_runs": quiet.retried}}
         for path in write_results("app_latency", data, markdown):
             print(f"wrote {path}", file=sys.stderr)

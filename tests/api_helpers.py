@@ -57,3 +57,27 @@ def raw_upload(url: str, path: Path) -> dict:
         response = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": (path.name, file, "image/png")})
     response.raise_for_status()
     return {"path": response.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
+
+
+def fn_index(url: str, name: str) -> int:
+    """The fn_index of the app's function `name` (private ones included) from the app's /config."""
+    dependencies = httpx.get(f"{url.rstrip('/')}/config", timeout=30).json()["dependencies"]
+    return next(d["id"] for d in dependencies if d["api_name"] == name)
+
+
+def queue_run(url: str, index: int, data: list, session_hash: str) -> dict:
+    """What the browser does for an event: /queue/join, then the session's /queue/data stream until the event
+    completes; returns its `process_completed` message."""
+    base = url.rstrip("/")
+    joined = httpx.post(f"{base}/gradio_api/queue/join", timeout=30, json={
+        "data": data, "fn_index": index, "session_hash": session_hash, "event_data": None, "trigger_id": None})
+    joined.raise_for_status()
+    event_id = joined.json()["event_id"]
+    with httpx.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session_hash},
+                      timeout=300) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                message = json.loads(line[len("data: "):])
+                if message.get("event_id") == event_id and message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError(f"event {event_id} never completed")

@@ -120,8 +120,8 @@ def app_server(app_process) -> str:
 
 
 SECRET_CANARY = "hf_secret_canary_123"
-SHORT_TTL_S = 6
 SHORT_MAX_SESSIONS = 2
+UPLOAD_QUOTA_MB = 3
 
 
 # Names a local attacker could plant in the shared temp folder before the app starts: the app's old fixed
@@ -132,8 +132,9 @@ PLANTED_TARGET, PLANTED_FILE = "attacker", "keep.txt"
 
 @pytest.fixture(scope="session")
 def limits_app(tmp_path_factory):
-    """A second app with short session limits (TTL 6 s, 2 sessions), a canary `HF_TOKEN` in its environment, no
-    GRADIO_TEMP_DIR, and `PLANTED` symlinks in its TMPDIR (`AppProcess.log_path.parent`)."""
+    """A second app with a session cap of 2 (and the default 2 h TTL), an upload quota of 3 MB per client address,
+    a canary `HF_TOKEN` in its environment, no GRADIO_TEMP_DIR, and `PLANTED` symlinks in its TMPDIR
+    (`AppProcess.log_path.parent`)."""
     folder = tmp_path_factory.mktemp("limits_app")
     target = folder / PLANTED_TARGET
     target.mkdir()
@@ -141,8 +142,8 @@ def limits_app(tmp_path_factory):
     os.utime(target / PLANTED_FILE, (0, 0))  # older than any clean-up age
     for name in PLANTED:
         (folder / name).symlink_to(target, target_is_directory=True)
-    env = dict(GPRUNE_SESSION_TTL_S=str(SHORT_TTL_S), GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), HF_TOKEN=SECRET_CANARY,
-               GRADIO_TEMP_DIR="")
+    env = dict(GPRUNE_MAX_SESSIONS=str(SHORT_MAX_SESSIONS), GPRUNE_UPLOAD_MB_PER_CLIENT=str(UPLOAD_QUOTA_MB),
+               HF_TOKEN=SECRET_CANARY, GRADIO_TEMP_DIR="")
     with running_app(folder, env) as app:
         yield app
 

@@ -98,15 +98,13 @@ def test_mask_marks_tokens_entering_and_leaving_the_kept_set(session, tiny_analy
     assert "entered since iteration 0" in viz.legend_html(views.mask_legend(1))
 
 
-def test_iteration_redraw_is_fast(session, tiny_analysis):
-    views.iteration_pictures(session, "grid", 1)  # warm the kept-set cache for this iteration
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        views.iteration_pictures(session, "grid", 1)
-        timings.append(time.perf_counter() - start)
-    print(f"iteration redraw: median {np.median(timings) * 1e3:.1f} ms")
-    assert np.median(timings) < 0.1
+def test_an_iteration_redraw_reuses_the_kept_sets_it_computed(session, monkeypatch):
+    """A redraw's cost is the drawing, not the ranking: each (iteration, ratio) is ranked once (bench/ times it)."""
+    first = views.iteration_pictures(session, "grid", 1)
+    ranked = []
+    monkeypatch.setattr(views, "keep_top_per_view", lambda *args: ranked.append(args) or pytest.fail("ranked again"))
+    again = views.iteration_pictures(session, "grid", 1)
+    assert ranked == [] and all(np.array_equal(a, b) for a, b in zip(first[:2], again[:2])) and first[2] == again[2]
 
 
 @pytest.mark.parametrize("bad", [-1, 99, 1.5, "2", None])

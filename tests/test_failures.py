@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +13,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app_failures as failures
+from api_helpers import raw_call
 from conftest import running_app
 from gprune.evaluate.store import RESULT_SCHEMA
 from test_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
@@ -88,7 +91,7 @@ def test_failure_list_filters_and_puts_the_worst_first(runs):
             failures.failure_table(run, method, ratio, kind)
 
 
-def test_an_example_opens_with_its_prompt_settings_and_answers(runs):
+def test_an_example_opens_with_its_prompt_settings_and_answers(runs, tmp_path):
     run = failures.load_run(runs, "designed")
     view = failures.example_view(run, 1, "gprune", 0.25)
     assert view.image == (runs / "designed" / "images" / "a.png").resolve()
@@ -96,11 +99,15 @@ def test_an_example_opens_with_its_prompt_settings_and_answers(runs):
     assert (view.keep_ratio, view.methods, view.threshold, view.temperature, view.iterations, view.fastv_layer,
             view.max_new_tokens) == (0.25, ["gprune", "fastv"], 0.4, 0.05, 3, 1, 8)
     assert "| G-Prune ◀ | 0.25 | car | 30 |" in view.markdown and "| Unpruned | 1 | red car | 60 |" in view.markdown
-    assert Path(failures.served_copy(view.image)).read_bytes() == view.image.read_bytes()
+    served = tmp_path / "served"
+    served.mkdir()
+    assert Path(failures.served_copy(view.image, served)).read_bytes() == view.image.read_bytes()
     with pytest.raises(ValueError, match="row 4 was not evaluated"):
         failures.example_view(run, 4, "gprune", 0.25)
-    with pytest.raises(ValueError, match="row must be"):
-        failures.example_view(run, "../x", "gprune", 0.25)
+    for row in ("../x", "1", 1.7, True, float("inf"), float("nan"), None, [1]):
+        with pytest.raises(ValueError, match="row must be the whole row number of an example"):
+            failures.example_view(run, row, "gprune", 0.25)
+    assert failures.example_view(run, 1.0, "gprune", "0.25").keep_ratio == 0.25  # JSON numbers; a ratio as text
 
 
 def test_an_image_path_outside_the_run_is_refused(tmp_path):
@@ -180,7 +187,7 @@ def test_failures_tab_in_the_browser_loads_a_clicked_example_into_the_explorer(f
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        page.set_default_timeout(300_000)  # bounds a hang only: a busy machine is slow
         page.goto(failures_app.url)
         page.wait_for_selector("#run-button")
         tab = page.get_by_role("tab", name="Failures")
@@ -202,3 +209,114 @@ def test_failures_tab_in_the_browser_loads_a_clicked_example_into_the_explorer(f
         assert page.get_by_label("Keep ratio ρ").first.input_value() == "0.11"
         page.screenshot(path=str(SCREENSHOTS / "08_failure_loaded.png"), full_page=True)
         browser.close()
+
+
+# ------------------------------------------------------------------------------------------ hostile runs
+
+
+def rewrite_run_json(folder: Path, info) -> None:
+    (folder / "run.json").write_text(json.dumps(info) if not isinstance(info, str) else info)
+
+
+@pytest.mark.parametrize("info, message", [
+    ([1, 2], "its run.json has no settings"),
+    ({"random_weights": True}, "its run.json has no settings"),
+    ("{not json", "its run.json is not valid JSON"),
+    ({"settings": {**SETTINGS, "methods": ["gprune", "magic"]}}, "its methods ['gprune', 'magic'] are not among"),
+    ({"settings": {**SETTINGS, "keep_ratios": ["0.25"]}}, "its keep ratios ['0.25'] are not numbers in (0, 1]"),
+    ({"settings": {**SETTINGS, "iterations": "3"}}, "its run.json has no valid setting 'iterations'"),
+    ({"settings": {**SETTINGS, "dataset": {"source": 5, "split": "x"}}}, "its run.json has no dataset source and split"),
+])
+def test_a_malformed_run_json_is_refused_by_name(tmp_path, info, message):
+    folder = hand_made_run(tmp_path / "runs" / "bad", DESIGNED)
+    rewrite_run_json(folder, info)
+    with pytest.raises(ValueError, match=re.escape(f"run 'bad' cannot be opened: {message}")):
+        failures.load_run(tmp_path / "runs", "bad")
+
+
+def test_unreadable_results_are_refused_without_a_server_path(tmp_path):
+    folder = hand_made_run(tmp_path / "runs" / "corrupt", DESIGNED)
+    (folder / "results.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError) as refused:
+        failures.load_run(tmp_path / "runs", "corrupt")
+    assert str(refused.value) == "run 'corrupt' cannot be opened: its results.parquet is not a readable Parquet file"
+    other = [{**row, "method": "magic"} if row["method"] == "fastv" else row for row in DESIGNED]
+    hand_made_run(tmp_path / "runs" / "foreign", other)
+    with pytest.raises(ValueError, match=r"results hold methods \['magic'\] that its settings do not list"):
+        failures.load_run(tmp_path / "runs", "foreign")
+
+
+def test_symlinks_in_the_runs_folder_are_not_followed(tmp_path):
+    outside = hand_made_run(tmp_path / "outside", DESIGNED)
+    runs = tmp_path / "runs"
+    (runs / "linked").mkdir(parents=True)
+    (runs / "linked" / "run.json").write_text((outside / "run.json").read_text())
+    (runs / "linked" / "results.parquet").symlink_to(outside / "results.parquet")
+    (runs / "whole-link").symlink_to(outside, target_is_directory=True)
+    real = hand_made_run(runs / "real", [{**row, "image": "run.json"} if row["row"] == 1 else row for row in DESIGNED])
+    (real / "images" / "b.png").symlink_to(outside / "images" / "a.png")
+    (real / "images" / "c.png").symlink_to(outside / "run.json")
+    assert failures.list_runs(runs) == ["real"]
+    run = failures.load_run(runs, "real")
+    with pytest.raises(ValueError, match="the image of row 1 is missing"):  # an image column naming run.json
+        failures.example_view(run, 1, "gprune", 0.25)
+    for target in ("images/b.png", "images/c.png", None):
+        rows = [{**row, "image": target} for row in DESIGNED if row["error"] is None]
+        hand_made_run(runs / f"to-{str(target)[-5:-4]}", rows)
+        for link in ("b.png", "c.png"):
+            (runs / f"to-{str(target)[-5:-4]}" / "images" / link).symlink_to(outside / "images" / "a.png")
+        with pytest.raises(ValueError, match="the image of row 0 is missing"):
+            failures.example_view(failures.load_run(runs, f"to-{str(target)[-5:-4]}"), 0, "gprune", 0.25)
+
+
+def test_run_data_is_escaped_in_markdown_and_local_paths_are_not_shown(tmp_path):
+    hostile = "![x](http://127.0.0.1:9/pixel.png) [click](http://phish.example) <img src=x onerror=alert(1)> **bold**"
+    rows = [{**row, "question": hostile, "answer": hostile} for row in DESIGNED]
+    run = failures.load_run(tmp_path / "runs", hand_made_run(tmp_path / "runs" / "hostile", rows).name)
+    markdown = failures.example_view(run, 0, "gprune", 0.25).markdown
+    for fragment in ("![x](", "[click](", "**bold**"):
+        assert fragment not in markdown
+    assert not re.search(r"(?<!\\)<", markdown)  # no unescaped tag
+    assert r"\!\[x\]\(http://127\.0\.0\.1:9/pixel\.png\)" in markdown and r"\<img src=x" in markdown
+    description = failures.run_description(run, "tiny")
+    assert "/data/x" not in description and r"x \(a local dataset\)" in description
+    assert failures.dataset_label("lmms-lab/textvqa") == "lmms-lab/textvqa"
+
+
+def test_a_listing_is_computed_once_per_version_of_the_run(runs, monkeypatch):
+    computed = []
+    original = failures._failure_table
+    monkeypatch.setattr(failures, "_failure_table", lambda *args: computed.append(args[1:]) or original(*args))
+    for _ in range(3):
+        assert failures.failure_table(failures.load_run(runs, "designed"), "gprune", 0.25, "all")["row"].tolist() == [0, 1, 2, 3]
+    assert computed == [("gprune", 0.25, "all")]
+    pq.write_table(pa.Table.from_pylist(DESIGNED[:9], schema=RESULT_SCHEMA), runs / "designed" / "results.parquet")
+    assert failures.failure_table(failures.load_run(runs, "designed"), "gprune", 0.25, "all")["row"].tolist() == [0, 1, 2]
+    assert len(computed) == 2  # a rewritten results.parquet is read again
+
+
+def test_the_failures_api_works_in_any_order_and_opens_runs_finished_after_start_up(failures_app, evaluated_run):
+    """A fresh session calls /failures and /failure_example first; a run added to the folder after the server
+    started opens without /failure_runs; hostile values get messages."""
+    late = hand_made_run(evaluated_run.runs / "late", DESIGNED)
+    try:
+        client = Client(failures_app.url, verbose=False)
+        listed = client.predict("late", "gprune", "0.25", "all", api_name="/failures")
+        assert [line[0] for line in listed["data"]] == [0, 1, 2, 3]
+        opened = client.predict("late", 1, "gprune", 0.25, api_name="/failure_example")
+        assert opened[3] == "Question 1?" + SUFFIX
+        for row, message in ((1.7, "got 1.7"), (True, "got True"), ("1", "got '1'")):
+            with pytest.raises(Exception, match=f"row must be the whole row number of an example, {message}"):
+                client.predict("late", row, "gprune", 0.25, api_name="/failure_example")
+        with pytest.raises(Exception, match="method must be one of gprune, fastv"):
+            client.predict("late", 1, "magic", 0.25, api_name="/failure_example")
+        with pytest.raises(Exception, match="there is no finished run called 'x"):
+            client.predict("x" * 5000, 1, "gprune", 0.25, api_name="/failure_example")
+        event, data = raw_call(failures_app.url, "failure_example", ["late", float("inf"), "gprune", 0.25])
+        assert event == "error" and "row must be the whole row number of an example, got inf" in data["error"]
+        rewrite_run_json(late, [1])
+        with pytest.raises(Exception, match="run 'late' cannot be opened: its run.json has no settings"):
+            client.predict("late", api_name="/failure_run")
+        assert "Traceback" not in failures_app.log()
+    finally:
+        shutil.rmtree(late)

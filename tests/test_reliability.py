@@ -6,9 +6,9 @@
 * 8 concurrent sessions, each checked by content against its own inputs;
 * a 50-run soak with the server's resident memory (RSS) measured;
 * session expiry (TTL) and the session cap, with the "expired, press Run again" message;
-* start-up failures (unloadable model, malformed limits) that must exit quickly with a clear message.
+* start-up failures (unloadable model, malformed limits) that must exit with a clear message.
 
-Every case shares one server (the session-scoped `app_process`); expiry and the cap use `limits_app`.
+Every case shares one server (the session-scoped `app_process`); the cap uses `limits_app`, expiry a server of its own.
 """
 
 import io
@@ -33,7 +33,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from api_helpers import QUESTION, QUICK, analyze, encoded, noise, raw_call, raw_upload
-from conftest import SHORT_MAX_SESSIONS, SHORT_TTL_S
+from conftest import SHORT_MAX_SESSIONS, running_app
 from gprune import token_budget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -599,38 +599,60 @@ def test_soak_50_analyses_keep_server_memory_bounded(app_process, small_png):
 # ------------------------------------------------------------------------------------ session limits
 
 EXPIRED = "This session expired: its results were dropped .*Press Run again"
+EVICTED = "This session's results were dropped to make room for newer sessions' .*Press Run again"
+SHORT_TTL_S = 3
 
 
-def test_session_expires_after_its_ttl_with_a_clear_message(limits_app, small_png):
-    session = Client(limits_app.url, verbose=False)
-    analyze(session, small_png)
-    assert "Iteration 1 of 3" in session.predict("grid", 1, api_name="/step")[2]
-    time.sleep(SHORT_TTL_S + 2)  # Gradio drops expired state once a second
-    for endpoint, args in BEFORE_RUN:
-        with pytest.raises(AppError, match=EXPIRED):
-            session.predict(*args, api_name=endpoint)
-    analyze(session, small_png)  # Run again works
-    assert "Iteration 1 of 3" in session.predict("grid", 1, api_name="/step")[2]
+def test_session_expires_after_its_ttl_with_a_clear_message(tmp_path, small_png):
+    """On its own server with a 3 s TTL: the wait is a lower bound, so a busy machine only makes it surer."""
+    with running_app(tmp_path, {"GPRUNE_SESSION_TTL_S": str(SHORT_TTL_S)}) as app:
+        session = Client(app.url, verbose=False)
+        analyze(session, small_png)
+        time.sleep(SHORT_TTL_S + 1)
+        for endpoint, args in BEFORE_RUN:
+            with pytest.raises(AppError, match=EXPIRED):
+                session.predict(*args, api_name=endpoint)
+        analyze(session, small_png)  # Run again works
+        assert "Iteration 1 of 3" in session.predict("grid", 1, api_name="/step")[2]
 
 
 def test_least_recently_used_session_is_dropped_beyond_the_cap(limits_app, small_png):
+    """The cap (2 on `limits_app`, whose TTL is 2 h) says so: the message tells eviction from expiry."""
     sessions = [Client(limits_app.url, verbose=False) for _ in range(SHORT_MAX_SESSIONS + 1)]
     cheap = dict(iterations=0, max_new_tokens=1)
-    analyze(sessions[0], small_png, **cheap)
-    stored = time.monotonic()
-    for session in sessions[1:]:
+    for session in sessions:
         analyze(session, small_png, **cheap)
-    with pytest.raises(AppError, match=EXPIRED):
+    with pytest.raises(AppError, match=EVICTED):
         sessions[0].predict("grid", 0, api_name="/step")
-    # Only the cap can explain the first session's loss if it happened within the TTL.
-    assert time.monotonic() - stored < SHORT_TTL_S, "too slow to tell the session cap from the TTL"
-    assert "Iteration 0 of 0" in sessions[-1].predict("grid", 0, api_name="/step")[2]
+    for session in sessions[1:]:
+        assert "Iteration 0 of 0" in session.predict("grid", 0, api_name="/step")[2]
+
+
+def queue_join(url: str, fn_index, session_hash: str) -> httpx.Response:
+    body = {"data": [], "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
+    return httpx.post(f"{url.rstrip('/')}/gradio_api/queue/join", json=body, timeout=30)
+
+
+def test_requests_that_store_nothing_never_drop_a_visitors_results(limits_app, small_png):
+    """With a cap of 2 sessions, 3 × 40 requests that store nothing (each from a fresh session id, as Gradio sees
+    it) leave the visitor's results in place: refused /step calls, raw /call requests without a session id, and
+    /queue/join with an unknown fn_index."""
+    visitor = Client(limits_app.url, verbose=False)
+    analyze(visitor, small_png, iterations=1, max_new_tokens=1)
+    for index in range(40):
+        event, data = raw_call(limits_app.url, "step", ["grid", 0], f"refused-{index}")
+        assert event == "error" and "Run an analysis first" in data["error"]
+        event, data = raw_call(limits_app.url, "step", ["grid", 0])  # no session id: Gradio makes a fresh one
+        assert event == "error" and "Run an analysis first" in data["error"]
+        refused = queue_join(limits_app.url, 10_000 + index, f"unknown-fn-{index}")
+        assert refused.status_code == 404 and "fn_index" in refused.json()["detail"]
+    assert "Iteration 1 of 1" in visitor.predict("grid", 1, api_name="/step")[2]
 
 
 # ------------------------------------------------------------------------------------- start-up errors
 
 
-def test_start_up_errors_exit_quickly_with_a_clear_message(tmp_path):
+def test_start_up_errors_exit_with_a_clear_message(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp_path))
     for name in ("GPRUNE_MODEL", "GPRUNE_SESSION_TTL_S", "GPRUNE_MAX_SESSIONS"):
         env.pop(name, None)
@@ -639,15 +661,11 @@ def test_start_up_errors_exit_quickly_with_a_clear_message(tmp_path):
         "ttl": ([], {"GPRUNE_SESSION_TTL_S": "soon"}, "error: GPRUNE_SESSION_TTL_S must be a number >= 1, got 'soon'"),
         "cap": ([], {"GPRUNE_MAX_SESSIONS": "0"}, "error: GPRUNE_MAX_SESSIONS must be a whole number >= 1, got '0'"),
     }
-    start = time.monotonic()
     processes = {name: subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env={**env, **extra},
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for name, (args, extra, _) in cases.items()}
     for name, process in processes.items():
-        _, stderr = process.communicate(timeout=180)
+        _, stderr = process.communicate(timeout=600)  # bounds a hang only; how fast: bench/app_latency.py
         assert process.returncode != 0, name
         assert re.search(cases[name][2], stderr), stderr
         assert "Traceback" not in stderr
-    elapsed = time.monotonic() - start
-    print(f"\nstart-up errors: all three exited in {elapsed:.1f} s")
-    assert elapsed < 90

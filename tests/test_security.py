@@ -5,6 +5,7 @@ no endpoint that takes a model id, and no secret from the environment in the ser
 """
 
 import base64
+import json
 import http.client
 import io
 import os
@@ -25,7 +26,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from conftest import PLANTED, PLANTED_FILE, PLANTED_TARGET, SECRET_CANARY
-from api_helpers import QUESTION, analyze, encoded, noise, raw_call, raw_post, raw_result, raw_upload
+from api_helpers import (QUESTION, analyze, encoded, fn_index, noise, queue_run, raw_call, raw_post, raw_result,
+                         raw_upload)
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_BYTES = 20 * 1024 * 1024  # app.MAX_UPLOAD_SIZE = "20mb"
@@ -336,6 +338,15 @@ def test_downloads_are_built_once_per_run_and_go_with_it(app_server, small_png):
     folder = export.parent
     assert sorted(p.name for p in folder.iterdir()) == sorted([export.name, gif.name])
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    # Each display setting (keep ratio, colour mode; set by the UI's private endpoints, which any client can call)
+    # makes its own GIF and ZIP, but a new one replaces its slot's old one: one ZIP and a GIF per view at most.
+    redraw, recolour = fn_index(app_server, "change_keep_ratio"), fn_index(app_server, "change_colour")
+    for ratio, colour in ((0.3, "log"), (0.4, "linear"), (0.6, "rank"), (0.7, "log")):
+        assert queue_run(app_server, redraw, ["grid", 3, ratio, "gprune", "tome"], client.session_hash)["success"]
+        assert queue_run(app_server, recolour, ["grid", 3, colour], client.session_hash)["success"]
+        newest = {Path(client.predict(view, api_name="/gif")["path"]).name for view in ("grid", "base")}
+        newest.add(Path(client.predict(api_name="/export")["path"]).name)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(newest) and len(newest) == 3, (ratio, colour)
     # A sweep adds to the export, so the next export is built again, with it.
     client.predict("1, 0.5", api_name="/sweep")
     with zipfile.ZipFile(client.predict(api_name="/export")["path"]) as archive:
@@ -439,3 +450,74 @@ def test_concurrent_calls_of_one_client_session_get_their_own_results(app_server
     for iteration, job in enumerate(steps):
         assert f"Iteration {iteration} of 3" in job.result(timeout=120)[2]
     assert len({job.result(timeout=120)["path"] for job in exports}) == 1  # built once, by whichever came first
+
+
+# ------------------------------------------------------------------------------ quotas and unknown routes
+
+
+def upload_from(address: str, url: str, data: bytes, upload_id: str | None = None) -> httpx.Response:
+    """A multipart upload sent from the loopback `address` (each 127.x.y.z is another client to the server)."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=60) as http:
+        return http.post(url.rstrip("/") + "/gradio_api/upload", params={"upload_id": upload_id} if upload_id else None,
+                         files={"files": ("junk.png", data, "image/png")})
+
+
+def test_uploads_have_a_quota_per_client_address(limits_app):
+    """`limits_app` allows 3 MB per client address: a fourth 1 MB upload from one address is refused, with a
+    message, while another address still uploads."""
+    megabyte = encoded(noise(), "PNG") + bytes(2**20)
+    for _ in range(2):
+        assert upload_from("127.0.0.2", limits_app.url, megabyte).status_code == 200
+    refused = upload_from("127.0.0.2", limits_app.url, megabyte)
+    assert refused.status_code == 429
+    assert refused.json()["detail"].startswith("Upload quota reached: 2 MB uploaded from your address in the last 2 h, "
+                                               "at most 3 MB")
+    assert upload_from("127.0.0.3", limits_app.url, megabyte).status_code == 200
+
+
+def test_upload_ids_are_checked(app_server):
+    data = encoded(noise(), "PNG")
+    refused = upload_from("127.0.0.4", app_server, data, upload_id="u" * 65)
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == ("upload_id must be 1 to 64 letters, digits, '-' or '_' (as Gradio's clients "
+                                        "make them); got 65 characters.")
+    assert upload_from("127.0.0.4", app_server, data, upload_id="abc123").status_code == 200
+    progress = httpx.get(app_server.rstrip("/") + "/gradio_api/upload_progress", params={"upload_id": "x" * 100})
+    assert progress.status_code == 400
+
+
+UNKNOWN_ROUTES = [
+    ("/gradio_api/call/nosuch", {"data": []}, 404, "There is no endpoint named 'nosuch'; the endpoints are /analyze, "
+                                                    "/difference, /export, /gif, /inspect, /step, /sweep."),
+    ("/gradio_api/call/0", {"data": []}, 404, "There is no endpoint named '0'"),
+    ("/gradio_api/call/" + "n" * 3000, {"data": []}, 404, "(3,002 characters)"),
+    ("/gradio_api/call/after_analyze", {"data": []}, 404, "There is no endpoint named 'after_analyze'"),
+    ("/gradio_api/queue/join", {"data": [], "fn_index": 9999, "session_hash": "s1"}, 404,
+     "fn_index 9999 names no function of this app; take the indices from /config (gradio_client does)."),
+    ("/gradio_api/queue/join", {"data": [], "fn_index": -1, "session_hash": "s1"}, 404, "fn_index -1 names no function"),
+    ("/gradio_api/queue/join", {"data": [], "fn_index": "7", "session_hash": "s1"}, 404, "fn_index '7' names no function"),
+    ("/gradio_api/call/step", {"data": float("nan")}, 422, "data must be a list of the endpoint's inputs; got nan."),
+    ("/gradio_api/call/step", {"data": {"view": "grid"}}, 422, "data must be a list of the endpoint's inputs; got {'view'"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, detail", UNKNOWN_ROUTES, ids=[f"{i}" for i in range(len(UNKNOWN_ROUTES))])
+def test_unknown_endpoints_and_malformed_calls_get_a_message_not_a_traceback(app_process, small_png, path, body,
+                                                                             status, detail):
+    before = app_process.log().count("Traceback")
+    response = httpx.post(app_process.url.rstrip("/") + path, timeout=30,
+                          content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
+    assert response.status_code == status and detail in response.json()["detail"]
+    assert len(response.content) < 1000
+    assert app_process.log().count("Traceback") == before
+    analyze(Client(app_process.url, verbose=False), small_png)  # still serving
+
+
+def test_several_byte_ranges_are_refused_with_a_message(app_server, small_png):
+    client = Client(app_server, verbose=False, download_files=False)
+    heatmap = analyze(client, small_png)[0]
+    url = heatmap["url"]
+    assert httpx.get(url, headers={"range": "bytes=0-9"}).status_code == 206
+    refused = httpx.get(url, headers={"range": "bytes=0-1,3-4"})
+    assert refused.status_code == 416
+    assert refused.json()["detail"] == "Only one byte range per request is served; ask for the ranges one at a time."

@@ -53,11 +53,12 @@ def test_decorated_handlers_run_outside_zerogpu(app, tmp_path):
     path = tmp_path / "picture.png"
     synthetic_image(64, 48).save(path)
     upload = app_inputs.Upload(path.read_bytes(), path.name)  # what the image input hands the handler
-    session, *_, summary = app.analyze_image(upload, "What is here?", methods=["gprune", "fastv"], iterations=2,
-                                             fastv_layer=1, max_new_tokens=2, progress=no_progress)
+    request = gradio.Request(session_hash="zerogpu-test")  # the results are stored for this session
+    *_, summary = app.analyze_image(upload, "What is here?", methods=["gprune", "fastv"], iterations=2,
+                                    fastv_layer=1, max_new_tokens=2, progress=no_progress, request=request)
     assert summary["model"] == "tiny" and list(summary["results"]) == ["gprune", "fastv"]
     assert summary["prompt"] == {"system_prompt": "template", "system_text": None}
-    session, _, stability = app.sweep(session, "1, 0.5", progress=no_progress)
+    _, stability = app.sweep("1, 0.5", progress=no_progress, request=request)
     assert stability["keep_ratios"] == [1.0, 0.5] and set(stability["curves"]) == {"unpruned", "gprune", "fastv"}
     # The tiny model has no LLaVA system prompt: the setting is greyed out, and an API call is refused.
     assert app.NO_LLAVA_SYSTEM and "trained without a system prompt" in app.NO_LLAVA_SYSTEM

@@ -24,7 +24,8 @@ def gif_bytes(frames: list[np.ndarray], *, duration_ms: int = 600) -> bytes:
             raise ValueError(f"frame {i} must be an (H, W, 3) uint8 array")
         if frame.shape != shape:
             raise ValueError(f"frame {i} has shape {frame.shape}, frame 0 has {shape}")
-    images = [Image.fromarray(frame) for frame in frames]
+    # Fast octree quantisation: Pillow's default (median cut) took ~1 s of CPU per 1,300-pixel-wide frame.
+    images = [Image.fromarray(frame).quantize(256, method=Image.Quantize.FASTOCTREE) for frame in frames]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return buffer.getvalue()
