@@ -103,7 +103,10 @@ GRADIO_SESSION_CAPACITY = 500  # ~80 kB each (bench/session_memory.py)
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
-MAX_QUEUED_RUNS, MAX_QUEUED_RUNS_PER_CLIENT = 16, 3  # Runs and sweeps waiting for the model (one per session)
+# Runs and sweeps waiting for the model (one per session); per client address configurable, since visitors
+# behind one proxy share an address.
+MAX_QUEUED_RUNS = 16
+MAX_QUEUED_RUNS_PER_CLIENT = env_setting("GPRUNE_QUEUED_RUNS_PER_CLIENT", 3, int, minimum=1)
 MAX_UI_ITERATIONS = 20
 TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds of every method
 

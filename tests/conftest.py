@@ -74,7 +74,8 @@ def running_app(folder, env=None):
         port = probe.getsockname()[1]
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("GRADIO_SERVER_NAME", "GPRUNE_SESSION_TTL_S", "GPRUNE_MAX_SESSIONS")}
-    full_env.update(GRADIO_SERVER_PORT=str(port), GPRUNE_MODEL="tiny", GRADIO_ANALYTICS_ENABLED="False",
+    # One address for every test client: the per-address queue cap (3 by default) is unit-tested on its own.
+    full_env.update(GRADIO_SERVER_PORT=str(port), GPRUNE_MODEL="tiny", GRADIO_ANALYTICS_ENABLED="False", GPRUNE_QUEUED_RUNS_PER_CLIENT="64",
                     GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder), PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     log_path = folder / "server.log"

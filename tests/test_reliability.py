@@ -657,7 +657,7 @@ def test_start_up_errors_exit_with_a_clear_message(tmp_path):
     for name in ("GPRUNE_MODEL", "GPRUNE_SESSION_TTL_S", "GPRUNE_MAX_SESSIONS"):
         env.pop(name, None)
     cases = {
-        "model": (["--model", "no/such-model"], {}, "error: model 'no/such-model' could not be loaded .*Use 'tiny'"),
+        "model": (["--model", "no/such-model"], {}, "error: model 'no/such-model' could not be loaded .*Use 'shapes' .*'tiny'"),
         "ttl": ([], {"GPRUNE_SESSION_TTL_S": "soon"}, "error: GPRUNE_SESSION_TTL_S must be a number >= 1, got 'soon'"),
         "cap": ([], {"GPRUNE_MAX_SESSIONS": "0"}, "error: GPRUNE_MAX_SESSIONS must be a whole number >= 1, got '0'"),
     }
