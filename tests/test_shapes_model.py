@@ -8,8 +8,10 @@ import torch
 from gprune import load_model
 from gprune.evaluate.data import DatasetSpec, open_split, resolve_source
 from gprune.train import benchmarks, scenes
-from gprune.train.data import ConversationCollator, QuestionSet, easy_vqa_items
+from gprune.prompts import chat_prompt
+from gprune.train.data import ConversationCollator, ConversationSet, QuestionSet, easy_vqa_items
 from gprune.train.loop import Schedule, build_trainer
+from gprune.train.model import build_untrained
 from gprune.train.data import Recipe
 from gprune.tiny import TINY_TEXT, TINY_VISION
 
@@ -66,3 +68,37 @@ def test_a_few_training_steps_run_and_a_resumed_run_continues_from_its_checkpoin
         assert torch.equal(value, at_checkpoint[name]), name  # the checkpoint's weights, not fresh ones
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
+
+
+def test_a_packed_item_trains_each_answer_exactly_as_its_single_question_prompt():
+    """The shared-prefix pack gives every answer the logits of a lone question about the image, so no answer can
+    be read off another question (the multi-turn shortcut), and padding a shorter item changes nothing."""
+    sizes = {"text": TINY_TEXT.__class__(**{**TINY_TEXT.__dict__, "family": "mistral"}), "vision": TINY_VISION}
+    model, processor = build_untrained(0, **sizes)
+    model.eval()
+    collator = ConversationCollator(processor, "mistral")
+    item = ConversationSet(Recipe())[0]
+    other = ConversationSet(Recipe(easy_vqa_epochs=0, scene_count=1))[0]  # a scene: more visual tokens
+    assert len(item["turns"]) >= 3
+
+    def answer_logits(batch: dict, row: int = 0) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[row]
+        answers = (batch["labels"][row] != -100).nonzero().flatten()
+        return logits[answers - 1]
+
+    singles = []
+    for question, answer in item["turns"]:
+        prompt = chat_prompt(processor, "mistral", question)
+        plain = processor(images=item["image"], text=prompt, return_tensors="pt")
+        reply = processor.tokenizer(f" {answer}</s>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        input_ids = torch.cat([plain["input_ids"], reply], dim=1)
+        with torch.no_grad():  # the stock 2-D causal forward of prompt + answer
+            logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                           pixel_values=plain["pixel_values"], image_sizes=plain["image_sizes"]).logits[0]
+        singles.append(logits[plain["input_ids"].shape[1] - 1: -1])
+    packed = answer_logits(collator([item]))
+    torch.testing.assert_close(packed, torch.cat(singles), atol=1e-5, rtol=1e-4)
+    batched = collator([other, item])  # `item` is the shorter row: right-padded
+    assert batched["input_ids"].shape[1] > collator([item])["input_ids"].shape[1]
+    torch.testing.assert_close(answer_logits(batched, row=1), packed, atol=1e-5, rtol=1e-4)
