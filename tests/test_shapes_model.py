@@ -102,3 +102,24 @@ def test_a_packed_item_trains_each_answer_exactly_as_its_single_question_prompt(
     batched = collator([other, item])  # `item` is the shorter row: right-padded
     assert batched["input_ids"].shape[1] > collator([item])["input_ids"].shape[1]
     torch.testing.assert_close(answer_logits(batched, row=1), packed, atol=1e-5, rtol=1e-4)
+
+
+def test_the_blank_twins_keep_every_question_and_replace_each_image_by_its_plain_background():
+    import io
+
+    from PIL import Image
+
+    records = []
+    for seed in (scenes.TEST_SEEDS.start, scenes.TEST_SEEDS.start + 1):
+        generated = scenes.scene(seed)
+        buffer = io.BytesIO()
+        generated.image.save(buffer, format="PNG")
+        records += [{"image": buffer.getvalue(), "question": q, "answers": [a]} for q, a in generated.questions]
+    blanked = benchmarks._blanked(records)
+    assert [(r["question"], r["answers"]) for r in blanked] == [(r["question"], r["answers"]) for r in records]
+    for original, blank in zip(records, blanked):
+        before, after = Image.open(io.BytesIO(original["image"])), Image.open(io.BytesIO(blank["image"])).convert("RGB")
+        assert after.size == before.size and len(after.getcolors()) == 1
+        assert after.getpixel((0, 0)) == before.convert("RGB").getpixel((0, 0))
+    assert len(Image.open(io.BytesIO(records[0]["image"])).convert("RGB").getcolors(1 << 24)) > 1
+    assert "easy-vqa-blank" in benchmarks.BENCHMARKS and "shapes-scenes-blank" in benchmarks.BENCHMARKS
