@@ -123,3 +123,31 @@ def test_the_blank_twins_keep_every_question_and_replace_each_image_by_its_plain
         assert after.getpixel((0, 0)) == before.convert("RGB").getpixel((0, 0))
     assert len(Image.open(io.BytesIO(records[0]["image"])).convert("RGB").getcolors(1 << 24)) > 1
     assert "easy-vqa-blank" in benchmarks.BENCHMARKS and "shapes-scenes-blank" in benchmarks.BENCHMARKS
+
+
+def test_at_keep_ratio_one_every_method_gives_the_shapes_model_exactly_its_unpruned_answers():
+    from gprune import METHODS, patch, unpatch
+
+    loaded = load_model("shapes", device="cpu")
+    tokenizer = loaded.processor.tokenizer
+    easy = QuestionSet(easy_vqa_items("test")[:2])
+    generated = scenes.scene(scenes.TEST_SEEDS.start)
+    items = [easy[0], easy[1], {"image": generated.image, "turns": [generated.questions[0]]}]
+    previous, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = loaded.processor(images=[item["image"] for item in items], padding=True, return_tensors="pt",
+                                  text=[loaded.prompt(item["turns"][0][0]) for item in items])
+    finally:
+        tokenizer.padding_side = previous
+    settings = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        stock = loaded.model.generate(**inputs, **settings)
+    for method in METHODS:
+        patch(loaded.model, method=method, keep_ratio=1.0)
+        try:
+            with torch.no_grad():
+                ours = loaded.model.generate(**inputs, **settings)
+        finally:
+            unpatch(loaded.model)
+        assert torch.equal(ours.sequences, stock.sequences), method
+        assert all(torch.equal(a, b) for a, b in zip(ours.scores, stock.scores)), method
