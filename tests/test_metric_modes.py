@@ -14,6 +14,7 @@ import random
 import re
 import statistics
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -381,8 +382,6 @@ def test_a_run_scores_its_rows_with_its_metric_and_names_it(vqa_dataset, tmp_pat
     out = tmp_path / "m4c"
     done = run_evaluate(vqa_dataset, out, "--metric", "m4c", "--limit", "3", "--methods", "gprune", "--keep-ratios", "0.5")
     assert done.returncode == 0, done.stderr[-3000:]
-    import pyarrow.parquet as pq
-
     rows = [r for r in pq.read_table(out / "results.parquet").to_pylist() if r["error"] is None]
     assert len(rows) == 2 * 3
     for row in rows:
@@ -391,7 +390,7 @@ def test_a_run_scores_its_rows_with_its_metric_and_names_it(vqa_dataset, tmp_pat
 
 
 def test_the_failures_tab_names_the_metric():
-    import app_failures
+    import app_failures  # gradio: imported by this test only
 
     assert app_failures.metric_description("m4c") == r"m4c \(VQA accuracy as LLaVA's m4c\_evaluator \(lmms\-eval TextVQA\)\)"
     assert app_failures.metric_description("[x](y)") == r"\[x\]\(y\)"  # a metric of another version, escaped

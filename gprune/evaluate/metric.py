@@ -11,9 +11,9 @@ answers they normalise and how (normalize.py); written from reading each referen
   with ten agreeing humans "Yes" does not match "yes".
 - `m4c`: LLaVA's `m4c_evaluator.py` (EvalAIAnswerProcessor + TextVQAAccuracyEvaluator), which lmms-eval's
   TextVQA task computes too: EvalAI's processor on the prediction and on every human answer.
-- `lmms-vqav2`: lmms-eval's VQAv2 task up to v0.4 (July 2025; `tasks/vqav2/utils.py`): EvalAI's processor on
-  the prediction; only when the humans disagree are their answers normalised (without EvalAI's tokenising
-  step) and the processed prediction normalised a second time.
+- `lmms-vqav2`: lmms-eval's VQAv2 task (`tasks/vqav2/utils.py`) from v0.1.0 to v0.3.4 (changed in July
+  2025): EvalAI's processor on the prediction; only when the humans disagree are their answers normalised
+  (without EvalAI's tokenising step) and the processed prediction normalised a second time.
 - `exact`: 1 if the normalised prediction equals any normalised answer (GQA, POPE).
 
 The references count the other humans by position (each VQA answer record has its own answer_id), so one
@@ -75,8 +75,8 @@ def m4c_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 def lmms_vqav2_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """As lmms-eval's VQAv2 (≤ v0.4): EvalAI's processor on the prediction; when the humans disagree, EvalAI's
-    punctuation and word steps on their answers and once more on the processed prediction."""
+    """As lmms-eval's VQAv2 (v0.1.0–v0.3.4): EvalAI's processor on the prediction; when the humans disagree,
+    EvalAI's punctuation and word steps on their answers and once more on the processed prediction."""
     _check_answers(answers)
     predicted = evalai_answer(prediction)
     humans = [clean_whitespace(answer) for answer in answers]

@@ -4,8 +4,9 @@ Written from reading the references (no code copied): `vqaEval.py` of the VQA ev
 and EvalAI's answer processor as LLaVA's `m4c_evaluator.py` and lmms-eval's `vqa_eval_metric.py` hold it.
 Both use the same contractions, number words, articles and punctuation marks (the tables below; theirs add
 four mixed-case keys, which never match a lower-cased word, and two entries that map a word to itself) and
-the same two steps, `strip_punctuation` then `map_words`. They differ in how a comma between digits is found,
-in EvalAI's tokenising step before them, and in which texts each evaluation sends through them (metric.py).
+the same two steps, `strip_punctuation` then `map_words`. They differ in their punctuation rules (how a comma
+between digits is found, how many periods go, what a digit is: PunctuationRules), in EvalAI's tokenising step
+before the two, and in which texts each evaluation sends through them (metric.py).
 """
 
 from __future__ import annotations
