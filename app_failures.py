@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from app_inputs import RawNumber, shown
 from gprune import METHOD_LABELS, METHODS
+from gprune.evaluate.metric import METRIC_LABELS
 from gprune.evaluate.report import summarize
 from gprune.evaluate.store import UNPRUNED, RunFolder
 from gprune.files import write_atomically
@@ -184,12 +185,18 @@ def dataset_label(source: str) -> str:
     return f"{path.name} (a local dataset)" if path.is_absolute() or source.startswith((".", "~")) else source
 
 
+def metric_description(metric: str) -> str:
+    """A run's metric for visitors: its name and, for the metrics of this version, what it computes."""
+    label = METRIC_LABELS.get(metric)
+    return escape_markdown(metric if label is None else f"{metric} ({label})")
+
+
 def run_description(run: EvaluationRun, app_model: str) -> str:
     settings, dataset = run.settings, run.settings["dataset"]
     model = escape_markdown(settings["model"])
     lines = [f"**{escape_markdown(run.name)}**: model {model} on {escape_markdown(dataset_label(dataset['source']))} "
              f"({escape_markdown(dataset['split'])}), {run.examples} examples ({run.failed} could not be evaluated), "
-             f"metric {escape_markdown(settings['metric'])}."]
+             f"metric {metric_description(settings['metric'])}."]
     if run.info.get("random_weights"):
         lines.append("⚠️ Random-weight toy model: its answers and accuracies are meaningless.")
     if settings["model"] != app_model:

@@ -1,5 +1,6 @@
-"""`python -m gprune.evaluate`: VQA accuracy, data loading, process shares, and the command end to end
-(1 vs 2 processes, resume after kill -9, a raised --limit, a refused re-run, the summary table)."""
+"""`python -m gprune.evaluate`: VQA accuracy (ours; the reference modes are in test_metric_modes.py), data loading,
+process shares, and the command end to end (1 vs 2 processes, resume after kill -9, a raised --limit, a refused
+re-run, the summary table)."""
 
 from __future__ import annotations
 
@@ -278,6 +279,8 @@ def test_other_settings_in_the_same_folder_are_refused(evaluated_run, vqa_datase
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "keep_ratios: [0.5, 0.11] there, [0.25] now" in errors[0] and "Traceback" not in done.stderr
+    other_metric = run_evaluate(vqa_dataset, copy, "--metric", "m4c")  # its rows were scored with another metric
+    assert other_metric.returncode == 2 and 'metric: "vqa" there, "m4c" now' in other_metric.stderr
     assert (copy / "results.parquet").read_bytes() == results
 
 

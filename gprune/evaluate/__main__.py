@@ -33,7 +33,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--columns", default="", help="ROLE=COLUMN pairs for image, question, answers, question_id, e.g. image=img,question=query")
     parser.add_argument("--prompt-suffix", default=VQA_PROMPT_SUFFIX, help="appended to every question (default: the standard VQA short-answer instruction)")
-    parser.add_argument("--metric", choices=METRICS, default="vqa", help="vqa: standard VQA accuracy (10 human answers); exact: normalised exact match (GQA, POPE)")
+    parser.add_argument("--metric", choices=METRICS, default="vqa",
+                        help="VQA accuracy (10 human answers) as vqa: ours, every answer normalised alike; vqa-official: "
+                             "vqaEval.py; m4c: LLaVA's m4c_evaluator = lmms-eval TextVQA; lmms-vqav2: lmms-eval VQAv2. "
+                             "exact: normalised exact match (GQA, POPE). See README 'Metric'")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows of the split (default: all)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--keep-ratios", default=DEFAULT_KEEP_RATIOS, help="comma-separated keep ratios in (0, 1]")

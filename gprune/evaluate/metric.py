@@ -1,93 +1,89 @@
-"""VQA accuracy: the official answer normalisation and min(#matching humans / 3, 1) over leave-one-out subsets.
+"""The metrics of a run (`--metric`): VQA accuracy as ours or as one reference evaluation computes it, exact match.
 
-Written from the definition of the VQA evaluation (Antol et al. 2015; VQA v2 `vqaEval.py` normalisation
-rules), applied to the prediction and to every human answer alike, as the TextVQA and VQAv2 evaluations of
-LLaVA-style papers do (the original script skips normalisation when all human answers agree verbatim; then
-"Two" would not match "2").
+VQA accuracy of a prediction against n human answers: for each human i, min(#other humans who gave the
+prediction / 3, 1), averaged over the humans (the leave-one-out subsets). The evaluations differ in which
+answers they normalise and how (normalize.py); written from reading each reference, no code copied:
+
+- `vqa` (default): ours, symmetric. The prediction and every human answer get vqaEval.py's normalisation,
+  always (every period removed); one human answer: exact match.
+- `vqa-official`: GT-Vision-Lab/VQA `vqaEval.py` as of its last change (a013f00, 2021). Newlines, tabs and
+  the ends are cleaned; only when the humans disagree are their answers and the prediction normalised, so
+  with ten agreeing humans "Yes" does not match "yes".
+- `m4c`: LLaVA's `m4c_evaluator.py` (EvalAIAnswerProcessor + TextVQAAccuracyEvaluator), which lmms-eval's
+  TextVQA task computes too: EvalAI's processor on the prediction and on every human answer.
+- `lmms-vqav2`: lmms-eval's VQAv2 task (`tasks/vqav2/utils.py`) from v0.1.0 to v0.3.4 (changed in July
+  2025): EvalAI's processor on the prediction; only when the humans disagree are their answers normalised
+  (without EvalAI's tokenising step) and the processed prediction normalised a second time.
+- `exact`: 1 if the normalised prediction equals any normalised answer (GQA, POPE).
+
+The references count the other humans by position (each VQA answer record has its own answer_id), so one
+human answer scores 0 there.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from typing import Callable, Sequence
 
-METRICS = ("vqa", "exact")
+from .normalize import clean_whitespace, evalai_answer, evalai_steps, normalize_answer, vqa_eval_steps
 
-NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}
-ARTICLES = frozenset({"a", "an", "the"})
-# The official table (its mixed-case keys can never match lower-cased words and no-op entries are left out).
-CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
-    "howd": "how'd", "howll": "how'll", "hows": "how's", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've",
-    "it'dve": "it'd've", "itll": "it'll", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
-    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
-    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
-    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
-    "shed've": "she'd've", "she'dve": "she'd've", "shouldve": "should've", "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
-    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
-    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
-    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's",
-    "somethingd": "something'd", "somethingd've": "something'd've", "something'dve": "something'd've",
-    "somethingll": "something'll", "thats": "that's", "thered": "there'd", "thered've": "there'd've",
-    "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
-    "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
-    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
-    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
-    "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
-    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
-    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
-    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
-    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've",
-    "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
-}
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
-PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")  # "3.5" keeps its point, "dog." and "e.g." lose theirs
 HUMANS_FOR_FULL_CREDIT = 3
 
 
-def normalize_answer(text: str) -> str:
-    """The VQA normalisation: lower case, punctuation, number words → digits, no articles, contractions.
+def _check_answers(answers: Sequence[str]) -> None:
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one human answer")
 
-    A punctuation mark next to a space (or any mark in a text holding a digit,digit group such as "1,000")
-    is deleted, otherwise replaced by a space ("black-and-white" → "black and white"). Periods go unless a
-    digit follows. "two" → "2", "none" → "0"; "a", "an", "the" are dropped; "dont" → "don't".
-    """
-    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
-    delete_marks = DIGIT_COMMA_DIGIT.search(text) is not None
-    cleaned = text
-    for mark in PUNCTUATION:
-        if delete_marks or f"{mark} " in text or f" {mark}" in text:
-            cleaned = cleaned.replace(mark, "")
-        else:
-            cleaned = cleaned.replace(mark, " ")
-    cleaned = PERIOD_NOT_BEFORE_DIGIT.sub("", cleaned)
-    words = [NUMBER_WORDS.get(word, word) for word in cleaned.split()]
-    return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
+
+def leave_one_out(predicted: str, humans: Sequence[str]) -> float:
+    """Mean over the humans i of min(#{j ≠ i: humans[j] == predicted} / 3, 1), for texts compared as they are."""
+    matches = [human == predicted for human in humans]
+    total = sum(matches)
+    return sum(min((total - own) / HUMANS_FOR_FULL_CREDIT, 1.0) for own in matches) / len(matches)
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Standard VQA accuracy of `prediction` against the human `answers` (10 in VQAv2 and TextVQA).
+    """Ours: VQA accuracy with `normalize_answer` applied to the prediction and to every human answer.
 
-    For each human i: min(#other humans who gave the prediction / 3, 1); the mean over the humans (the
-    leave-one-out subsets). One human answer has no leave-one-out subset: then it is the exact match.
+    One human answer has no leave-one-out subset: then it is the exact match.
     """
-    if not answers:
-        raise ValueError("VQA accuracy needs at least one human answer")
+    _check_answers(answers)
     predicted = normalize_answer(prediction)
-    matches = [normalize_answer(answer) == predicted for answer in answers]
-    if len(matches) == 1:
-        return float(matches[0])
-    total = sum(matches)
-    return sum(min((total - own) / HUMANS_FOR_FULL_CREDIT, 1.0) for own in matches) / len(matches)
+    humans = [normalize_answer(answer) for answer in answers]
+    if len(humans) == 1:
+        return float(humans[0] == predicted)
+    return leave_one_out(predicted, humans)
+
+
+def vqa_official_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """As vqaEval.py: whitespace cleaned; when the humans disagree, their answers and the prediction normalised."""
+    _check_answers(answers)
+    predicted = clean_whitespace(prediction)
+    humans = [clean_whitespace(answer) for answer in answers]
+    if len(set(humans)) > 1:
+        humans = [vqa_eval_steps(human) for human in humans]
+        predicted = vqa_eval_steps(predicted)
+    return leave_one_out(predicted, humans)
+
+
+def m4c_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """As m4c_evaluator's TextVQAAccuracyEvaluator and lmms-eval's TextVQA: EvalAI's processor on every text.
+
+    m4c_evaluator asserts ten human answers; lmms-eval's TextVQA computes the same for any number, as here.
+    """
+    _check_answers(answers)
+    return leave_one_out(evalai_answer(prediction), [evalai_answer(answer) for answer in answers])
+
+
+def lmms_vqav2_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """As lmms-eval's VQAv2 (v0.1.0–v0.3.4): EvalAI's processor on the prediction; when the humans disagree,
+    EvalAI's punctuation and word steps on their answers and once more on the processed prediction."""
+    _check_answers(answers)
+    predicted = evalai_answer(prediction)
+    humans = [clean_whitespace(answer) for answer in answers]
+    if len(set(humans)) > 1:
+        humans = [evalai_steps(human) for human in humans]
+        predicted = evalai_steps(predicted)
+    return leave_one_out(predicted, humans)
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
@@ -98,15 +94,25 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     return float(any(normalize_answer(answer) == predicted for answer in answers))
 
 
+SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
+    "vqa": vqa_accuracy, "vqa-official": vqa_official_accuracy, "m4c": m4c_accuracy,
+    "lmms-vqav2": lmms_vqav2_accuracy, "exact": exact_match,
+}
+METRICS = tuple(SCORERS)
+METRIC_LABELS = {
+    "vqa": "VQA accuracy (symmetric normalisation)", "vqa-official": "VQA accuracy as vqaEval.py",
+    "m4c": "VQA accuracy as LLaVA's m4c_evaluator (lmms-eval TextVQA)", "lmms-vqav2": "VQA accuracy as lmms-eval VQAv2",
+    "exact": "exact match",
+}
+
+
 def score(metric: str, prediction: str, answers: Sequence[str]) -> float:
-    """`metric` ("vqa" or "exact") of `prediction` against `answers`."""
-    if metric == "vqa":
-        return vqa_accuracy(prediction, answers)
-    if metric == "exact":
-        return exact_match(prediction, answers)
-    raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    """`metric` (one of METRICS) of `prediction` against `answers`."""
+    if metric not in SCORERS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return SCORERS[metric](prediction, answers)
 
 
 def same_answer(first: str, second: str) -> bool:
-    """Whether two model answers agree after the VQA normalisation ("Two dogs." = "2 dogs")."""
+    """Whether two model answers agree after our normalisation ("Two dogs." = "2 dogs"), whatever the metric."""
     return normalize_answer(first) == normalize_answer(second)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import statistics
 
 from ..analysis import METHOD_LABELS
+from .metric import METRIC_LABELS
 from .store import UNPRUNED
-
-METRIC_LABELS = {"vqa": "VQA accuracy", "exact": "exact match"}
 
 
 def _mean(values: list) -> float | None:
