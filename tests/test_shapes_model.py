@@ -151,3 +151,14 @@ def test_at_keep_ratio_one_every_method_gives_the_shapes_model_exactly_its_unpru
             unpatch(loaded.model)
         assert torch.equal(ours.sequences, stock.sequences), method
         assert all(torch.equal(a, b) for a, b in zip(ours.scores, stock.scores)), method
+
+
+def test_the_built_in_test_sets_default_to_exact_match_and_other_datasets_to_vqa_accuracy(monkeypatch, tmp_path):
+    from gprune.evaluate import __main__ as cli
+
+    monkeypatch.setattr(cli, "resolve_source", str)  # no need to write the test sets here
+    for dataset, expected in (("easy-vqa", "exact"), ("shapes-scenes-blank", "exact"), (str(tmp_path / "x.parquet"), "vqa")):
+        settings, _ = cli.build(cli.parse_args(["--model", "tiny", "--dataset", dataset, "--out", str(tmp_path)]), "cmd")
+        assert settings.metric == expected, dataset
+    settings, _ = cli.build(cli.parse_args(["--model", "tiny", "--dataset", "easy-vqa", "--metric", "vqa", "--out", str(tmp_path)]), "cmd")
+    assert settings.metric == "vqa"
