@@ -107,7 +107,7 @@ class Recipe:
     """What a training run sees: how many passes over each source, and which scenes."""
 
     easy_vqa_epochs: int = 2
-    scene_count: int = 4000
+    scene_count: int = 1500
     seed: int = 0
 
 
