@@ -1,6 +1,6 @@
 """G-Prune Explorer: see how G-Prune, FastV, ToMe and two baselines prune LLaVA-NeXT's visual tokens.
 
-    python app.py [--model auto|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
+    python app.py [--model auto|shapes|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
     python app.py --bundles-only [--model NAME]            (or GPRUNE_BUNDLES_ONLY=1: precomputed examples, no model)
                   [--runs DIR]                            (or GPRUNE_RUNS=DIR: evaluation runs for the Failures tab)
 
@@ -112,7 +112,7 @@ TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds
 
 
 def startup_options(argv: list[str], environ=os.environ) -> argparse.Namespace:
-    """`--model` (else `GPRUNE_MODEL`, else `auto`: 7B on CUDA, offline `tiny` otherwise) and `--bundles-only`
+    """`--model` (else `GPRUNE_MODEL`, else `auto`: 7B on CUDA, the offline trained `shapes` otherwise) and `--bundles-only`
     (else `GPRUNE_BUNDLES_ONLY=1`): serve the model's precomputed examples without loading it."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", default=None)

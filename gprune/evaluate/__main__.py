@@ -29,7 +29,7 @@ DEFAULT_KEEP_RATIOS = "0.5,0.25,0.11"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gprune.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="auto", help="'shapes' (offline, trained here on synthetic shapes), 'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else tiny")
+    parser.add_argument("--model", default="auto", help="'shapes' (offline, trained here on synthetic shapes), 'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else shapes")
     parser.add_argument("--dataset", required=True, help="hub id (e.g. lmms-lab/textvqa), save_to_disk folder, local data folder, parquet file, or a built-in "
                              f"test set of the shapes model ({', '.join(BENCHMARKS)})")
     parser.add_argument("--split", default="validation")
