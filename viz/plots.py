@@ -46,6 +46,40 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     return _render(figure)
 
 
+def accuracy_plot(keep_ratios: np.ndarray, accuracy: dict[str, np.ndarray], unpruned: float, title: str, *,
+                  note: str = "", dpi: int = DPI) -> Image.Image:
+    """Benchmark accuracy against the keep ratio, one line per method, the unpruned model as a dashed line
+    (the layout of the G-Prune paper's Figures 3 and 4).
+
+    Args:
+        keep_ratios: `(r,)` fractions of visual tokens kept, in (0, 1].
+        accuracy: method label → `(r,)` accuracy in % at each keep ratio (NaN where not evaluated).
+        unpruned: the unpruned model's accuracy in %.
+        title: what was evaluated (dataset, model, examples).
+        note: a warning printed in red above the plot (e.g. that a small model trained here made the numbers).
+    """
+    ratios = _vector(keep_ratios, "keep_ratios")
+    if not accuracy:
+        raise ValueError("accuracy must name at least one method")
+    figure, axes = _figure(dpi, note)
+    for method, values in accuracy.items():
+        values = _vector(values, f"accuracy[{method!r}]", allow_nan=True)
+        if values.shape != ratios.shape:
+            raise ValueError(f"accuracy[{method!r}] has shape {values.shape}, keep_ratios {ratios.shape}")
+        axes.plot(ratios, values, marker="o", markersize=4, label=method)
+    axes.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned ({unpruned:.1f} %)")
+    axes.set_xscale("log")
+    axes.set_xticks(ratios, [f"{ratio:g}" for ratio in ratios])
+    axes.minorticks_off()
+    axes.invert_xaxis()
+    axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
+    axes.set_ylabel("accuracy %")
+    _title(axes, title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _render(figure)
+
+
 def similarity_histogram(similarities: np.ndarray, threshold: float, *, title: str = "", note: str = "",
                          dpi: int = DPI) -> Image.Image:
     """Histogram of pairwise similarities with the threshold line and the fraction of pairs at or above it.
