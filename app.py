@@ -682,17 +682,20 @@ PLAY_SECONDS = 0.9
 
 
 def example_rows() -> list[list[str]]:
-    """Bundled examples: `assets/examples.json` (file + question) if present, else every image in assets/."""
-    listing = ASSETS / "examples.json"
-    if listing.is_file():
+    """Bundled examples (file + question): for the `shapes` model the easy-VQA and generated-scene images of
+    `assets/examples-shapes.json` first, then the photos of `assets/examples.json`; if neither is readable,
+    every image in assets/."""
+    listings = (["examples-shapes.json"] if MODEL_NAME == SHAPES else []) + ["examples.json"]
+    rows = []
+    for listing in (ASSETS / name for name in listings):
         try:
             entries = json.loads(listing.read_text(encoding="utf-8"))
-            rows = [[str(ASSETS / e["file"]), e.get("question", DEFAULT_QUESTION)] for e in entries
-                    if (ASSETS / e["file"]).is_file()]
-            if rows:
-                return rows
-        except (ValueError, KeyError, TypeError):
-            pass
+            rows += [[str(ASSETS / e["file"]), e.get("question", DEFAULT_QUESTION)] for e in entries
+                     if (ASSETS / e["file"]).is_file()]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if rows:
+        return rows
     files = sorted(p for p in ASSETS.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     return [[str(p), DEFAULT_QUESTION] for p in files]
 

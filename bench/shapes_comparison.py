@@ -35,6 +35,28 @@ def panel(summary: dict):
     return accuracy_plot(np.array(ratios), accuracy, _percent(by_key[("unpruned", 1.0)]), title, note=NOTE)
 
 
+def per_kind_table(run: Path, summary: dict) -> str:
+    """Accuracy % per question family (the built-in test sets' `kind` column) for each method and keep ratio."""
+    import pyarrow.parquet as pq
+
+    kinds = pq.read_table(summary["dataset"]["source"], columns=["kind"])["kind"].to_pylist()
+    results = pq.read_table(run / "results.parquet", columns=["row", "method", "keep_ratio", "accuracy"]).to_pylist()
+    cells: dict[tuple[str, float], dict[str, list[float]]] = {}
+    for result in results:
+        if result["accuracy"] is not None:
+            key = (result["method"], result["keep_ratio"])
+            cells.setdefault(key, {}).setdefault(kinds[result["row"]], []).append(result["accuracy"])
+    families = sorted({kind for by_kind in cells.values() for kind in by_kind})
+    count = {kind: len(cells[("unpruned", 1.0)].get(kind, [])) for kind in families}
+    lines = ["| keep ratio | method | " + " | ".join(f"{kind} ({count[kind]})" for kind in families) + " |",
+             "|---|---|" + "---|" * len(families)]
+    for entry in summary["table"]:
+        by_kind = cells.get((entry["method"], entry["keep_ratio"]), {})
+        values = [f"{100 * np.mean(by_kind[kind]):.1f}" if by_kind.get(kind) else "–" for kind in families]
+        lines.append(f"| {entry['keep_ratio']:g} | {METHOD_LABELS[entry['method']]} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def _percent(entry: dict | None) -> float:
     return math.nan if entry is None or entry["accuracy"] is None else 100 * entry["accuracy"]
 
@@ -57,7 +79,9 @@ def main(argv=None) -> int:
     text = [f"# {NOTE}", ""]
     for run, summary in zip(args.runs, summaries):
         command = json.loads((run / "run.json").read_text(encoding="utf-8")).get("command") if (run / "run.json").is_file() else None
-        text += [f"## {run.name}", "", f"`{command}`" if command else "", "", format_table(summary), ""]
+        text += [f"## {run.name}", "", f"`{command}`" if command else "", "", format_table(summary), "",
+                 "Accuracy % per question family (questions of each family in brackets):", "",
+                 per_kind_table(run, summary), ""]
     (args.out / "shapes_comparison.md").write_text("\n".join(text), encoding="utf-8")
     print("\n".join(text))
     print(f"wrote {args.out / 'shapes_comparison.md'} and {args.out / 'shapes_comparison.png'}")
