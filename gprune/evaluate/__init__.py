@@ -3,7 +3,8 @@
 One module per job: `data` (datasets loading, column mapping, streaming, each process's share of the rows),
 `metric` (VQA accuracy and answer normalisation), `runner` (the per-example loop and accelerate's process
 state), `store` (the run folder: settings, atomic per-process shards, image copies, merge), `report`
-(summary.json and the printed table), `launch` (N CPU processes from `accelerate launch --cpu`). The CLI is
+(summary.json and the printed table), `progress` (one bar over the whole run, fed by every process), `launch`
+(N CPU processes from `accelerate launch --cpu`; workers that end with their launcher). The CLI is
 `python -m gprune.evaluate`; see README "Evaluate on a benchmark". Names are imported on first use, so the
 CLI checks its options before datasets, pyarrow and torch are loaded.
 """
