@@ -277,10 +277,10 @@ def test_a_killed_run_resumes_where_it_stopped(evaluated_run, vqa_dataset, tmp_p
     process = subprocess.Popen(evaluate_command(vqa_dataset, out, "--shard-size", "1"), cwd=ROOT, env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        hang_guard = time.monotonic() + 900  # not a speed limit: torch imports slowly on a busy machine
         while len(folder.shard_paths()) < 2:
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no shards after 120 s"
+            assert time.monotonic() < hang_guard, "no shards after 15 minutes"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -399,7 +399,7 @@ def test_workers_end_when_their_launcher_is_killed(vqa_dataset, tmp_path):
             time.sleep(0.05)
         os.kill(launcher.pid, signal.SIGKILL)  # the launcher only: torchrun's workers have sessions of their own
         launcher.wait()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a hang guard, not a speed limit
         while any(running(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(running(pid) for pid in workers), log.read_text()[-3000:]
@@ -425,7 +425,7 @@ def test_without_the_kernel_a_thread_ends_a_worker_whose_parent_died(tmp_path):
         assert len(children) == 1
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a hang guard, not a speed limit
         while any(running(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(running(pid) for pid in children)
