@@ -1,7 +1,8 @@
 """A small VQA split in the lmms-lab schema built from assets/, and the evaluation commands the tests run on it.
 
 Rows: the six bundled images with their questions, plus two bad examples: row 3 holds bytes that are no
-image, row 5 an empty question. Answers are ten strings per row (VQAv2/TextVQA style).
+image, row 5 an empty question. Answers are ten strings per row (VQAv2/TextVQA style). Also: the processes
+of a running command, from /proc (Linux).
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ KEEP_RATIOS = (0.5, 0.11)
 MAX_NEW_TOKENS = 4
 PNG_SIGNATURE = b"\x89PNG"
 OPTIONS = ["--model", "tiny", "--methods", ",".join(METHODS), "--keep-ratios", ",".join(map(str, KEEP_RATIOS)),
-           "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-progress"]
+           "--max-new-tokens", str(MAX_NEW_TOKENS)]
+# Options that make a run cheap where only the run folder's bookkeeping is tested (later options win).
+CHEAP = ("--methods", "gprune", "--keep-ratios", "0.5")
 # Columns that depend on the machine or on which process ran a row, not on the model.
 NOT_COMPARED = ("prefill_seconds", "selection_seconds", "process")
 FEATURES = datasets.Features({
     "image": datasets.Image(), "question": datasets.Value("string"),
     "answers": datasets.List(datasets.Value("string")), "question_id": datasets.Value("string"),
 })
+INTEGER_ID_FEATURES = datasets.Features({**FEATURES, "question_id": datasets.Value("int64")})
 
 
 def vqa_rows(answers: dict[int, list[str]] | None = None) -> list[dict]:
-    """The rows (image as `{"bytes", "path"}`); `answers[row]` replaces the default ten answers of a row."""
+    """The rows (image as `{"bytes", "path"}`, string ids); `answers[row]` replaces the default ten answers of a row."""
     examples = json.loads((ASSETS / "examples.json").read_text())
     rows = [{"image": {"bytes": (ASSETS / e["file"]).read_bytes(), "path": None}, "question": e["question"],
              "answers": ["yes"] * 6 + ["no"] * 4, "question_id": f"q{e['file'].split('.')[0]}"} for e in examples]
@@ -46,8 +50,8 @@ def vqa_rows(answers: dict[int, list[str]] | None = None) -> list[dict]:
     return rows
 
 
-def save_to_disk(rows: list[dict], folder: Path) -> Path:
-    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows, features=FEATURES)}).save_to_disk(str(folder))
+def save_to_disk(rows: list[dict], folder: Path, features: datasets.Features = FEATURES) -> Path:
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows, features=features)}).save_to_disk(str(folder))
     return folder
 
 
@@ -79,18 +83,18 @@ def environment() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def evaluate_command(dataset: Path, out: Path, *extra: str, processes: int = 1) -> list[str]:
+def evaluate_command(dataset: Path, out: Path, *extra: str, processes: int = 1, progress: bool = False) -> list[str]:
     """`python -m gprune.evaluate …`, or `accelerate launch --num_processes N --cpu -m gprune.evaluate …`."""
-    options = ["--dataset", str(dataset), *OPTIONS, "--out", str(out), *extra]
+    options = ["--dataset", str(dataset), *OPTIONS, *([] if progress else ["--no-progress"]), "--out", str(out), *extra]
     if processes == 1:
         return [sys.executable, "-m", "gprune.evaluate", *options]
     accelerate = Path(sys.executable).parent / "accelerate"
     return [str(accelerate), "launch", "--num_processes", str(processes), "--cpu", "-m", "gprune.evaluate", *options]
 
 
-def run_evaluate(dataset: Path, out: Path, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
-    return subprocess.run(evaluate_command(dataset, out, *extra, processes=processes), cwd=ROOT, env=environment(),
-                          capture_output=True, text=True, timeout=300)
+def run_evaluate(dataset: Path, out: Path, *extra: str, processes: int = 1, progress: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(evaluate_command(dataset, out, *extra, processes=processes, progress=progress), cwd=ROOT,
+                          env=environment(), capture_output=True, text=True, timeout=300)
 
 
 def comparable_rows(results: Path) -> list[dict]:
@@ -100,3 +104,32 @@ def comparable_rows(results: Path) -> list[dict]:
 
 def shard_rows(shards: list[Path]) -> set[int]:
     return {row for path in shards for row in pq.read_table(path, columns=["row"])["row"].to_pylist()}
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first, then the parent's pid); None when gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, …)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None:
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie has ended; it only waits to be reaped)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"

@@ -4,9 +4,10 @@ One module per job: `data` (datasets loading, column mapping, streaming, each pr
 `normalize` (the answer normalisations of the VQA evaluations), `metric` (VQA accuracy as ours or as one
 reference evaluation computes it, exact match), `runner` (the per-example loop and accelerate's process state),
 `store` (the run folder: settings, atomic per-process shards, image copies, merge), `report` (summary.json and
-the printed table), `launch` (N CPU processes from `accelerate launch --cpu`). The CLI is `python -m
-gprune.evaluate`; see README "Evaluate on a benchmark". Names are imported on first use, so the CLI checks its
-options before datasets, pyarrow and torch are loaded.
+the printed table), `progress` (one bar over the whole run, fed by every process), `launch` (N CPU processes from
+`accelerate launch --cpu`; workers that end with their launcher). The CLI is `python -m gprune.evaluate`; see
+README "Evaluate on a benchmark". Names are imported on first use, so the CLI checks its options before
+datasets, pyarrow and torch are loaded.
 """
 
 from ..lazy import make_lazy

@@ -19,8 +19,8 @@ from ..analysis import METHODS, AnalysisConfig
 from ..checks import check_keep_ratio
 from ..loading import SHAPES, TINY, resolve_model_name
 from ..train.benchmarks import BENCHMARKS, METRIC as BUILT_IN_METRIC
-from .data import VQA_PROMPT_SUFFIX, DatasetSpec, parse_columns, resolve_source
-from .launch import relaunch, requested_cpu_processes
+from .data import VQA_PROMPT_SUFFIX, DatasetSpec, parse_columns, resolve_source, resolve_split
+from .launch import end_with_launcher, relaunch, requested_cpu_processes
 from .metric import METRICS
 
 DEFAULT_KEEP_RATIOS = "0.5,0.25,0.11"
@@ -76,7 +76,8 @@ def build(args: argparse.Namespace, command: str):
     for name, value in (("--limit", args.limit), ("--threads", args.threads), ("--shard-size", args.shard_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value}")
-    dataset = DatasetSpec(resolve_source(args.dataset), args.split, parse_columns(args.columns))
+    source = resolve_source(args.dataset)
+    dataset = DatasetSpec(source, resolve_split(source, args.split), parse_columns(args.columns))
     model = resolve_model_name(args.model)
     if model not in (TINY, SHAPES) and Path(model).expanduser().is_dir():  # a local checkpoint: absolute, so a re-run from elsewhere matches
         model = str(Path(model).expanduser().resolve())
@@ -88,6 +89,8 @@ def build(args: argparse.Namespace, command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the real command, not a test calling main()
+        end_with_launcher()
     arguments = sys.argv[1:] if argv is None else argv
     args = parse_args(arguments)
     command = shlex.join(["python", "-m", "gprune.evaluate", *arguments])

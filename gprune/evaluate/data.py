@@ -7,15 +7,24 @@ owns the row decodes them, so a large split never sits in memory.
 
 Default columns are the lmms-lab VQA schema: `image` (an image), `question` (str), `answers` (list of str,
 optional) and `question_id` (optional; else the row index). A row is identified by its index in the split.
+
+Every opened split has a fingerprint, so that a run folder can tell when its dataset changed: for local
+data a SHA-256 of the split's files (names relative to the source, and contents), for a hub id the
+revision `datasets` resolved (the commit of the dataset repository).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import datasets
+import pyarrow as pa
+from datasets.data_files import SPLIT_KEYWORDS
 from datasets.utils.file_utils import xopen
 
 from ..train.benchmarks import BENCHMARKS, benchmark_path
@@ -74,12 +83,34 @@ def resolve_source(source: str) -> str:
     return source
 
 
+FILE_SPLIT = "file"  # the split label of a parquet file whose name names no split
+
+
+def resolve_split(source: str, split: str) -> str:
+    """The split to record for `source`: `split` (--split), except for one parquet file, which holds one split
+    whatever --split says: the split its name contains as a word, as `datasets` reads file names
+    (`validation-00000-of-00001.parquet` → validation, `easy-vqa-test-v1.parquet` → test), else "file"."""
+    path = Path(source)
+    if not (path.suffix == ".parquet" and path.is_file()):
+        return split
+    words = re.split(r"[-._ 0-9]+", path.stem.lower())
+    for word in words:
+        for named_split, keywords in SPLIT_KEYWORDS.items():
+            if word in keywords:
+                return str(named_split)
+    return FILE_SPLIT
+
+
 @dataclass
 class OpenedSplit:
-    """A split as a stream of raw rows; `num_rows` when the source says how many it has, else None."""
+    """A split as a stream of raw rows; `num_rows` when the source says how many it has, else None;
+    `fingerprint` of its content (see the module docstring); `question_id_type`, the type the ids keep in
+    the results: int64 for integer ids (and the row index, without an id column), else string."""
 
     rows: datasets.IterableDataset
     num_rows: int | None
+    fingerprint: str
+    question_id_type: pa.DataType
 
 
 def open_split(spec: DatasetSpec) -> OpenedSplit:
@@ -97,14 +128,23 @@ def open_split(spec: DatasetSpec) -> OpenedSplit:
                     raise ValueError(f"split {spec.split!r} is not in {spec.source} (it has {', '.join(saved)}); pass --split")
                 saved = saved[spec.split]
             num_rows, rows = len(saved), saved.to_iterable_dataset()
+            # The arrow files hold the rows; state.json holds a fingerprint that changes with every save.
+            fingerprint = content_fingerprint([Path(f["filename"]) for f in saved.cache_files], path)
         elif path.is_file():
             if path.suffix != ".parquet":
                 raise ValueError(f"{spec.source} is a file but not a .parquet file; give a parquet file, a folder or a hub id")
             rows = datasets.load_dataset("parquet", data_files={spec.split: str(path)}, split=spec.split, streaming=True)
+            fingerprint = content_fingerprint([path], path.parent)
         else:
-            rows = datasets.load_dataset(spec.source, split=spec.split, streaming=True)
+            builder = datasets.load_dataset_builder(spec.source)  # what load_dataset(streaming=True) does, keeping the builder
+            rows = builder.as_streaming_dataset(split=spec.split)
             split_info = (rows.info.splits or {}).get(spec.split)
             num_rows = split_info.num_examples if split_info is not None and split_info.num_examples else None
+            if path.is_dir():  # the files `datasets` resolved for the split (e.g. images and metadata.jsonl)
+                split_files = {str(name): files for name, files in builder.config.data_files.items()}[spec.split]
+                fingerprint = content_fingerprint([Path(file) for file in split_files], path)
+            else:  # a hub id: the dataset module's hash is the resolved commit of the repository
+                fingerprint = f"revision:{builder.hash}"
     except ValueError as error:
         if "split" in str(error).lower():
             raise ValueError(f"split {spec.split!r} could not be opened in {spec.source}: {_first_line(error)}; pass --split") from error
@@ -116,7 +156,29 @@ def open_split(spec: DatasetSpec) -> OpenedSplit:
     image_column = spec.column("image")
     if rows.features is not None and isinstance(rows.features.get(image_column), datasets.Image):
         rows = rows.cast_column(image_column, datasets.Image(decode=False))  # decoded only by the owning process
-    return OpenedSplit(rows, num_rows)
+    return OpenedSplit(rows, num_rows, fingerprint, _question_id_type(spec, rows))
+
+
+def content_fingerprint(files: list[Path], root: Path) -> str:
+    """"sha256:<hex>" of `files`: each one's name relative to `root` and its SHA-256, in name order; the same
+    data copied elsewhere keeps its fingerprint, any changed, added, removed or renamed file changes it."""
+    entries = []
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        entries.append([Path(file).relative_to(root).as_posix(), digest.hexdigest()])
+    return "sha256:" + hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
+
+
+def _question_id_type(spec: DatasetSpec, rows: datasets.IterableDataset) -> pa.DataType:
+    if rows.features is None:  # features unknown until the first row (e.g. plain JSON): ids as text
+        return pa.string()
+    feature = rows.features.get(spec.column("question_id"))
+    if feature is None:  # no id column: the row index stands in
+        return pa.int64()
+    return pa.int64() if isinstance(feature, datasets.Value) and pa.types.is_integer(feature.pa_type) else pa.string()
 
 
 def _check_columns(spec: DatasetSpec, available: list[str] | None) -> None:
@@ -134,25 +196,27 @@ class Example:
     """One benchmark row, ready for the model unless `problem` says why it cannot be evaluated.
 
     `image_bytes` are the encoded image exactly as stored in the dataset (decoded later, by the runner);
-    `answers` are the reference answers (None when the dataset has none); `question` is stripped.
+    `answers` are the reference answers (None when the dataset has none); `question` is stripped;
+    `question_id` is the dataset's id as `OpenedSplit.question_id_type` says (int or str; the row index without one).
     """
 
     row: int
-    question_id: str
+    question_id: int | str
     question: str
     answers: list[str] | None
     image_bytes: bytes | None
     problem: str | None = None
 
 
-def read_example(row: int, raw: dict, spec: DatasetSpec) -> Example:
+def read_example(row: int, raw: dict, spec: DatasetSpec, question_id_type: pa.DataType = pa.string()) -> Example:
     """Turn a raw row into an `Example`; a row whose image or question is unusable gets a `problem`."""
     for role in ("image", "question"):
         if spec.column(role) not in raw:
             raise ValueError(f"column {spec.column(role)!r} ({role}) is not in {spec.source}; its columns are "
                              f"{', '.join(raw)}. Map yours with --columns {role}=COLUMN")
     id_value = raw.get(spec.column("question_id"))
-    question_id = str(row) if id_value is None else str(id_value)
+    question_id = row if id_value is None else id_value
+    question_id = int(question_id) if pa.types.is_integer(question_id_type) else str(question_id)
     question = raw[spec.column("question")]
     question = question.strip() if isinstance(question, str) else ""
     answers, answers_problem = _answers(raw.get(spec.column("answers")))
@@ -204,12 +268,22 @@ class ProcessShare:
         self.rows_seen = 0
 
     @property
+    def run_size(self) -> int | None:
+        """How many examples the whole run holds (rows up to the limit), when the number of rows is known."""
+        known = [n for n in (self.limit, self.opened.num_rows) if n is not None]
+        return min(known) if known else None
+
+    @property
+    def done_in_run(self) -> int:
+        """How many of the run's examples were done before (by any earlier invocation)."""
+        return len(self.done) if self.run_size is None else sum(1 for row in self.done if row < self.run_size)
+
+    @property
     def size(self) -> int | None:
         """How many examples this process will get, when the number of rows is known."""
-        known = [n for n in (self.limit, self.opened.num_rows) if n is not None]
-        if not known:
+        if self.run_size is None:
             return None
-        todo = [row for row in range(min(known)) if row not in self.done]
+        todo = [row for row in range(self.run_size) if row not in self.done]
         return len(todo[self.rank :: self.world])
 
     def __iter__(self) -> Iterator[Example]:
@@ -221,7 +295,7 @@ class ProcessShare:
             if row in self.done:
                 continue
             if position % self.world == self.rank:
-                yield read_example(row, raw, self.spec)
+                yield read_example(row, raw, self.spec, self.opened.question_id_type)
             position += 1
 
 

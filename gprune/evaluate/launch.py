@@ -7,17 +7,29 @@ for N > 1) but no rank. It then reads N from the `accelerate launch` command tha
 process, parsed with accelerate's own parser, falling back to accelerate's config file) and replaces itself
 (`exec`) with `torch.distributed.run --standalone --nproc_per_node N`, the launcher accelerate itself uses
 for GPUs. Each worker gets its rank from accelerate's `PartialState` (MULTI_CPU, gloo), as under mpirun.
+
+Workers end with their launcher: torchrun starts each worker in a session of its own, so killing the
+launcher (even its whole process group) would leave them running. A worker (a rank variable is set) asks
+the kernel for SIGKILL when its parent dies (Linux `prctl(PR_SET_PDEATHSIG)`), or else watches its parent's
+pid from a thread; the re-launched agent asks the same before `exec` (the setting survives it), so killing
+`accelerate launch` ends the agent, and that ends the workers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Mapping, NoReturn
 
 # Set by every launcher that really started several processes (torch.distributed.run, MPI implementations).
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PARENT_CHECK_SECONDS = 1.0
 
 
 def requested_cpu_processes(environ: Mapping[str, str] = os.environ, parent_argv: list[str] | None = None) -> int | None:
@@ -59,8 +71,37 @@ def relaunch(processes: int, module: str, arguments: list[str]) -> NoReturn:
     """Replace this process with `torch.distributed.run` starting `processes` workers of `python -m module`."""
     sys.stdout.flush()
     sys.stderr.flush()
+    _kernel_kills_us_with_parent()
     os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                               f"--nproc_per_node={processes}", "-m", module, *arguments])
+
+
+def end_with_launcher(environ: Mapping[str, str] = os.environ) -> None:
+    """When a launcher started this process as one of several workers, make it end when its parent dies."""
+    if not any(environ.get(name) for name in RANK_VARIABLES):
+        return  # a plain command may outlive its shell (nohup): only workers follow their parent
+    parent = os.getppid()
+    if _kernel_kills_us_with_parent():
+        if os.getppid() != parent:  # it died while the kernel was asked (a death before getppid goes unseen)
+            os._exit(1)
+        return
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="end-with-launcher", daemon=True).start()
+
+
+def _kernel_kills_us_with_parent() -> bool:
+    """Ask Linux for SIGKILL when the parent dies; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _parent_argv() -> list[str]:

@@ -4,13 +4,16 @@ Processes come from accelerate (`PartialState`: rank, world size, device; one mo
 split the remaining rows round-robin (data.ProcessShare), never talk except at three barriers, and meet
 in the run folder (store.RunFolder):
 
-1. every process opens the dataset and checks the folder's settings (before loading the model);
-2. process 0 takes the folder's lock, removes temporaries of a crash and records run.json — barrier;
-3. every process reads which rows the shards already hold — barrier (nobody writes before all have read);
-4. each evaluates its share: `gprune.encode` once per example (the vision tower once), then
+1. process 0 takes the folder's lock first, so a busy folder is refused before any setup;
+2. every process opens the dataset and checks the folder's settings and the dataset's fingerprint
+   (before loading the model);
+3. process 0 removes temporaries of a crash and records run.json — barrier;
+4. every process reads which rows the shards already hold — barrier (nobody writes before all have read);
+5. each evaluates its share: `gprune.encode` once per example (the vision tower once), then
    `gprune.run_grid` (the unpruned reference once, every method × keep ratio); whole examples go into
-   atomically written shards — barrier;
-5. process 0 merges the shards into results.parquet and writes summary.json and the table.
+   atomically written shards, and each process counts its finished examples for process 0's bar
+   (progress.RunProgress) — barrier;
+6. process 0 merges the shards into results.parquet and writes summary.json and the table.
 
 Determinism: every process builds the same model and runs an example alone (batch of one), with
 `threads` torch CPU threads; the random baseline is seeded per run. So which process evaluates a row,
@@ -38,8 +41,9 @@ from ..pipeline import encode
 from ..result import PruneResult
 from .data import DatasetSpec, Example, ProcessShare, open_split
 from .metric import score, same_answer
+from .progress import RunProgress
 from .report import format_table, summarize
-from .store import UNPRUNED, MergeReport, RunFolder, write_json
+from .store import UNPRUNED, MergeReport, RunFolder, result_schema, write_json
 
 # Processes that finish their share early wait this long at the last barrier for the slowest one.
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)
@@ -60,10 +64,12 @@ class Settings:
     keep_ratios: tuple[float, ...]
     analysis: AnalysisConfig
 
-    def to_json(self) -> dict:
+    def to_json(self, fingerprint: str) -> dict:
+        """The settings as run.json records them, with the opened dataset's `fingerprint`."""
         analysis = self.analysis
         return {
-            "model": self.model, "dataset": self.dataset.describe(), "prompt_suffix": self.prompt_suffix,
+            "model": self.model, "dataset": {**self.dataset.describe(), "fingerprint": fingerprint},
+            "prompt_suffix": self.prompt_suffix,
             "metric": self.metric, "methods": list(analysis.methods), "keep_ratios": list(self.keep_ratios),
             "iterations": analysis.iterations, "threshold": analysis.threshold, "temperature": analysis.temperature,
             "fastv_layer": analysis.fastv_layer, "max_new_tokens": analysis.max_new_tokens, "seed": analysis.seed,
@@ -99,16 +105,18 @@ def evaluate(settings: Settings, execution: Execution, out: Path) -> dict | None
     state = process_state()
     main = state.is_main_process
     folder = RunFolder(out)
-    opened = open_split(settings.dataset)
-    folder.check_settings(settings.to_json())
-    torch.set_num_threads(execution.threads)
-    loaded = load_model(settings.model, device="cpu" if state.device.type == "cpu" else str(state.device))
-    settings.analysis.validate(loaded.model.config.text_config.num_hidden_layers)
     with folder.exclusive() if main else contextlib.nullcontext():
+        opened = open_split(settings.dataset)
+        recorded = settings.to_json(opened.fingerprint)
+        folder.check_settings(recorded)
+        torch.set_num_threads(execution.threads)
+        loaded = load_model(settings.model, device="cpu" if state.device.type == "cpu" else str(state.device))
+        settings.analysis.validate(loaded.model.config.text_config.num_hidden_layers)
         if main:
             folder.remove_temporaries()
+            folder.clear_progress()
             folder.write_run_info({
-                "settings": settings.to_json(), "model_name": loaded.name, "random_weights": loaded.random_weights,
+                "settings": recorded, "model_name": loaded.name, "random_weights": loaded.random_weights,
                 "limit": execution.limit, "command": execution.command,
                 "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
@@ -117,35 +125,42 @@ def evaluate(settings: Settings, execution: Execution, out: Path) -> dict | None
         state.wait_for_everyone()
         share = ProcessShare(opened, settings.dataset, limit=execution.limit, done=done,
                              rank=state.process_index, world=state.num_processes)
-        writer = folder.shard_writer(state.process_index, execution.examples_per_shard)
+        if main and share.done_in_run:
+            left = "" if share.run_size is None else f", {share.run_size - share.done_in_run} left"
+            print(f"resuming: {share.done_in_run} done{left}", file=sys.stderr)
+        schema = result_schema(opened.question_id_type)
+        writer = folder.shard_writer(state.process_index, execution.examples_per_shard, schema)
         started = time.perf_counter()
-        with tqdm(total=share.size, disable=not (main and execution.progress), unit="example", file=sys.stderr,
-                  desc=f"process 0 of {state.num_processes}") as bar:
-            for example in share:
+        bar = (RunProgress(folder, share.run_size, share.done_in_run, state.num_processes)
+               if main and execution.progress else contextlib.nullcontext())
+        with bar:
+            for finished, example in enumerate(share, start=1):
                 writer.add(evaluate_example(loaded, example, settings, folder, state.process_index))
-                bar.update()
-        writer.flush()
-        state.wait_for_everyone()
+                if execution.progress:
+                    folder.record_progress(state.process_index, finished)
+            writer.flush()
+            state.wait_for_everyone()
         seconds = time.perf_counter() - started
         if not main:
             return None
-        merged = folder.merge(share.rows_seen, settings.keys_per_example)
+        merged = folder.merge(share.rows_seen, settings.keys_per_example, schema)
         evaluated = len(set(merged.table["row"].to_pylist()) - done)
         invocation = {"processes": state.num_processes, "threads": execution.threads, "device": str(state.device),
                       "examples_evaluated": evaluated, "seconds": seconds,
                       "examples_per_second": evaluated / seconds if seconds > 0 else None}
-        summary = run_summary(settings, loaded, merged, share.rows_seen, invocation)
+        summary = run_summary(recorded, loaded, merged, share.rows_seen, invocation)
         write_json(folder.summary, summary)
         print(format_table(summary))
         return summary
 
 
-def run_summary(settings: Settings, loaded: LoadedModel, merged: MergeReport, rows_expected: int, invocation: dict) -> dict:
-    """summary.json: what ran on what, the report's counts and table, the merge checks, this invocation."""
+def run_summary(settings: dict, loaded: LoadedModel, merged: MergeReport, rows_expected: int, invocation: dict) -> dict:
+    """summary.json: what ran on what (`settings` as run.json records them), the report's counts and table,
+    the merge checks, this invocation."""
     return {
-        "model": loaded.name, "random_weights": loaded.random_weights, "dataset": settings.dataset.describe(),
-        "metric": settings.metric, "prompt_suffix": settings.prompt_suffix,
-        **summarize(merged.table.to_pylist(), list(settings.analysis.methods), list(settings.keep_ratios)),
+        "model": loaded.name, "random_weights": loaded.random_weights, "dataset": settings["dataset"],
+        "metric": settings["metric"], "prompt_suffix": settings["prompt_suffix"],
+        **summarize(merged.table.to_pylist(), settings["methods"], settings["keep_ratios"]),
         "merge": {"rows_expected": rows_expected, "duplicates_dropped": merged.duplicates_dropped,
                   "missing_rows": merged.missing_rows, "incomplete_rows": merged.incomplete_rows},
         "invocation": invocation,

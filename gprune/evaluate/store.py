@@ -3,6 +3,7 @@
     OUT/run.json             settings that decide the rows (a re-run must match them) + facts about the run
     OUT/shards/*.parquet     each holds whole examples (every row of an example), written by one process
     OUT/images/<sha256>.ext  each evaluated image once, byte for byte as the dataset stored it
+    OUT/progress/p<rank>     how many examples each process finished in the current invocation (for the bar)
     OUT/results.parquet      the merge: one row per (row, method, keep_ratio), sorted
     OUT/summary.json         written by report.py
 
@@ -35,7 +36,7 @@ from ..files import write_atomically
 UNPRUNED = "unpruned"
 METHOD_ORDER = (UNPRUNED, *METHODS)
 RESULT_SCHEMA = pa.schema([
-    ("question_id", pa.string()),
+    ("question_id", pa.string()),  # as in the dataset: result_schema(pa.int64()) for integer ids
     ("row", pa.int64()),  # index of the example in the split: the key, with method and keep_ratio
     ("method", pa.string()),  # "unpruned" (keep_ratio 1) or one of gprune.METHODS
     ("keep_ratio", pa.float64()),
@@ -55,6 +56,11 @@ RESULT_SCHEMA = pa.schema([
 ])
 KEY_COLUMNS = ("row", "method", "keep_ratio")
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def result_schema(question_id_type: pa.DataType) -> pa.Schema:
+    """RESULT_SCHEMA with `question_id` of the dataset's type (data.OpenedSplit.question_id_type)."""
+    return RESULT_SCHEMA.set(RESULT_SCHEMA.get_field_index("question_id"), pa.field("question_id", question_id_type))
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -90,6 +96,7 @@ class RunFolder:
         self.run_json = self.path / "run.json"
         self.shards = self.path / "shards"
         self.images = self.path / "images"
+        self.progress = self.path / "progress"
         self.results = self.path / "results.parquet"
         self.summary = self.path / "summary.json"
 
@@ -115,6 +122,7 @@ class RunFolder:
             return
         if not isinstance(recorded, dict):
             raise ValueError(f"{self.run_json} has no settings; choose another --out")
+        _check_fingerprint(recorded.get("dataset"), settings.get("dataset"))
         differences = [f"{key}: {json.dumps(recorded.get(key))} there, {json.dumps(settings.get(key))} now"
                        for key in sorted(set(recorded) | set(settings)) if recorded.get(key) != settings.get(key)]
         raise ValueError(f"{self.path} already holds a run with other settings ({'; '.join(differences)}). Re-run "
@@ -141,7 +149,7 @@ class RunFolder:
 
     def remove_temporaries(self) -> None:
         """Half-written files of a crashed run (only ever under temporary names)."""
-        for folder in (self.path, self.shards, self.images):
+        for folder in (self.path, self.shards, self.images, self.progress):
             if folder.is_dir():
                 for temporary in folder.glob(".*.tmp"):
                     temporary.unlink(missing_ok=True)
@@ -159,9 +167,29 @@ class RunFolder:
             done.update(pq.read_table(path, columns=["row"])["row"].to_pylist())
         return done
 
-    def shard_writer(self, process: int, examples_per_shard: int) -> "ShardWriter":
+    def shard_writer(self, process: int, examples_per_shard: int, schema: pa.Schema) -> "ShardWriter":
         self.shards.mkdir(parents=True, exist_ok=True)
-        return ShardWriter(self.shards, process, examples_per_shard)
+        return ShardWriter(self.shards, process, examples_per_shard, schema)
+
+    # ------------------------------------------------------------------------------------------ progress
+
+    def clear_progress(self) -> None:
+        """Forget the counts of an earlier invocation (process 0, before any process starts evaluating)."""
+        for path in self.progress.glob("p*") if self.progress.is_dir() else []:
+            path.unlink(missing_ok=True)
+
+    def record_progress(self, process: int, examples: int) -> None:
+        """`process` has finished `examples` examples in this invocation."""
+        self.progress.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.progress / f"p{process:04d}", str(examples).encode())
+
+    def progress_examples(self) -> int:
+        """Examples every process has finished in this invocation, as far as their files say."""
+        total = 0
+        for path in self.progress.glob("p*") if self.progress.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):  # replaced or removed while being read
+                total += int(path.read_text())
+        return total
 
     def save_image(self, data: bytes) -> str:
         """Keep one copy of an evaluated image, named by its content; returns its path relative to the folder."""
@@ -176,12 +204,12 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------------ merge
 
-    def merge(self, rows_expected: int, keys_per_example: int) -> MergeReport:
-        """Merge every shard into `results.parquet` (atomically): duplicate keys dropped (first shard wins),
-        rows sorted by (row, keep_ratio descending, method in METHOD_ORDER); checks that rows
+    def merge(self, rows_expected: int, keys_per_example: int, schema: pa.Schema) -> MergeReport:
+        """Merge every shard (of `schema`) into `results.parquet` (atomically): duplicate keys dropped (first
+        shard wins), rows sorted by (row, keep_ratio descending, method in METHOD_ORDER); checks that rows
         0..rows_expected−1 are there, each with `keys_per_example` rows."""
-        tables = [pq.read_table(path, schema=RESULT_SCHEMA) for path in self.shard_paths()]
-        table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+        tables = [pq.read_table(path, schema=schema) for path in self.shard_paths()]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
         seen: set[tuple] = set()
         keep = []
         for index, key in enumerate(zip(*(table[column].to_pylist() for column in KEY_COLUMNS))):
@@ -203,11 +231,29 @@ class RunFolder:
         return MergeReport(table, duplicates, missing, incomplete)
 
 
+def _check_fingerprint(recorded: dict | None, current: dict | None) -> None:
+    """Refuse the same dataset (source, split, columns) with other content: new rows would mix with old ones.
+    The message names no path (only fingerprints), whoever shows it."""
+    if not isinstance(recorded, dict) or not isinstance(current, dict):
+        return
+    without = {key: value for key, value in recorded.items() if key != "fingerprint"}
+    if without != {key: value for key, value in current.items() if key != "fingerprint"}:
+        return  # another dataset: check_settings lists the differences
+    there, now = recorded.get("fingerprint"), current.get("fingerprint")
+    if there is None:
+        raise ValueError("this run folder records no dataset fingerprint (an older version wrote it), so whether its "
+                         "rows come from the same data cannot be checked; choose another --out")
+    if there != now:
+        raise ValueError(f"the dataset's content is not the one this run folder's rows were evaluated on (fingerprint "
+                         f"{there} there, {now} now), so new rows would mix with rows of other data. Evaluate it into "
+                         "another --out, or restore the data the run started with to resume it")
+
+
 class ShardWriter:
     """Buffers whole examples of one process and writes them as a shard every `examples_per_shard` examples."""
 
-    def __init__(self, folder: Path, process: int, examples_per_shard: int):
-        self.folder, self.process, self.examples_per_shard = folder, process, examples_per_shard
+    def __init__(self, folder: Path, process: int, examples_per_shard: int, schema: pa.Schema):
+        self.folder, self.process, self.examples_per_shard, self.schema = folder, process, examples_per_shard, schema
         # Unique across runs, processes and machines; starts with the time so that name order = age.
         self.prefix = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}-p{process:04d}"
         self.buffer: list[dict] = []
@@ -224,7 +270,7 @@ class ShardWriter:
     def flush(self) -> None:
         if not self.buffer:
             return
-        table = pa.Table.from_pylist(self.buffer, schema=RESULT_SCHEMA)
+        table = pa.Table.from_pylist(self.buffer, schema=self.schema)
         path = self.folder / f"{self.prefix}-{self.written:05d}.parquet"
         write_atomically(path, parquet_bytes(table))
         self.written += 1
