@@ -22,7 +22,7 @@ from viz import accuracy_plot
 
 from .common import RESULTS
 
-NOTE = "Small LLaVA-NeXT trained here on synthetic shapes: not the paper's 7B model"
+NOTE = "Small model trained here on synthetic shapes (not 7B)"
 
 
 def panel(summary: dict):

@@ -74,6 +74,7 @@ def accuracy_plot(keep_ratios: np.ndarray, accuracy: dict[str, np.ndarray], unpr
     axes.invert_xaxis()
     axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
     axes.set_ylabel("accuracy %")
+    axes.set_ylim(0, 100)
     _title(axes, title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
