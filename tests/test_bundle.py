@@ -33,7 +33,8 @@ def image_bytes() -> bytes:
 @pytest.fixture(scope="module")
 def written(tiny_analysis, image_bytes, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles")
-    stability = {"keep_ratios": [1.0, 0.5], "curves": {"unpruned": [-3.0, -3.0], "gprune": [-3.0, -4.5]}}
+    curves = {method: [-3.0, -4.0] for method in tiny_analysis.results}  # the sweep has a curve per stored run
+    stability = {"keep_ratios": [1.0, 0.5], "curves": {**curves, "unpruned": [-3.0, -3.0], "gprune": [-3.0, -4.5]}}
     path = write_bundle(tiny_analysis, image_bytes, folder, "example", created="2026-11-30", code_version="test",
                         layers=4, stability=stability, precomputed=precompute_views(tiny_analysis, RATIOS))
     return path
