@@ -2,8 +2,9 @@
 question, model family and settings match one, with no model call and no GPU lease.
 
 The folder is `assets/precomputed/` or `GPRUNE_BUNDLES` (set by the operator, never by a client). Bundles of
-another model family, of another format version or that cannot be read are left out, each with one line on
-the server's log saying why.
+another model family, of another format version, that cannot be read or that are not what this code writes
+(`gprune.bundle.read_bundle` checks them deeply, within size bounds) are left out, each with one line on the
+server's log saying why and naming no folder; a Run of their example then runs the model.
 """
 
 from __future__ import annotations

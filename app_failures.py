@@ -3,8 +3,8 @@
 Runs are read only from the server-side runs folder the operator chose (`python app.py --runs DIR` or
 `GPRUNE_RUNS`): the browser picks a run by name from that folder's listing, never a path, and no symlink in
 it is followed. A run folder keeps a copy of every evaluated image (store.RunFolder), so an example opens
-without the dataset, the hub or its cache. A run is read and checked once per version of its files (cached by
-their identity), and each listing of its failures is computed once, vectorised. Everything a run's data puts
+without the dataset, the hub or its cache. A run is read, checked and summarised (vectorised) once per version
+of its files (cached by their identity), and each listing of its failures is computed once, vectorised. Everything a run's data puts
 into Markdown is escaped. Pure functions (`list_runs`, `load_run`, `accuracy_table`, `failure_table`,
 `example_view`) are tested without a server; `build_failures_tab` adds the tab and fills the explorer's inputs
 on a click.
@@ -145,7 +145,7 @@ def _read_run(name: str, path: str, identity: tuple) -> EvaluationRun:
         raise ValueError(f"run {name!r} cannot be opened: its results hold methods {shown(unknown)} that its "
                          "settings do not list")
     try:
-        table = summarize(results.to_pylist(), list(settings["methods"]), list(settings["keep_ratios"]))["table"]
+        table = summarize(rows, list(settings["methods"]), list(settings["keep_ratios"]))["table"]
     except (TypeError, ValueError, KeyError):  # e.g. an accuracy that is text
         raise ValueError(f"run {name!r} cannot be opened: its results hold values of the wrong kind") from None
     evaluated = rows.drop_duplicates("row")

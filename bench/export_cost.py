@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     info = machine()
     model = load_model("tiny")
-    analyze(model, synthetic_image(64, 48), "Warm up?", AnalysisConfig(max_new_tokens=2))  # first-call costs
+    analyze(model, synthetic_image(160, 120), "Warm up?", AnalysisConfig(max_new_tokens=2))  # first-call costs
     sizes = [(640, 480)] if args.quick else [(640, 480), (1344, 1008)]
     rows, data = [], []
     for width, height in sizes:

@@ -5,7 +5,9 @@ per-method token counts, FLOPs, timings, answers and their token ids; the keep-r
 (per-token arrays: kept positions, scores per iteration, degrees, strongest neighbours, ToMe groups, each
 view's similarity sample and ToMe's selection at every keep ratio the explorer offers). The `(n, d)` features
 are not stored (megabytes per example on a 7B model). A bundle whose `bundle_version` is not
-`BUNDLE_VERSION` is refused with a message instead of being misread.
+`BUNDLE_VERSION` is refused with a message instead of being misread, and so is one whose metadata or arrays are
+not what this code writes (gprune/bundle_format.py checks them deeply; the arrays are read without trusting the
+zip: gprune/untrusted_npz.py).
 
 A bundle is found by its key: the SHA-256 of the image file's bytes, the question and the model family.
 """
@@ -16,6 +18,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
@@ -24,18 +27,17 @@ import torch
 from PIL import Image
 
 from .analysis import Analysis, AnalysisConfig
+from .bundle_format import KEEP_RATIO_GRID, MAX_JSON_BYTES, VIEW_KINDS, array_specs, check_arrays, check_meta
 from .files import write_atomically
-from .layout import KIND_BASE, KIND_GRID, TokenLayout
+from .layout import TokenLayout
 from .loading import SHAPES
 from .result import Precomputed, PruneResult, Selection
 from .stats import pair_similarities
 from .timing import Timing
 from .tome import tome_select
+from .untrusted_npz import max_file_bytes, read_npz
 
 BUNDLE_VERSION = 1
-VIEW_KINDS = {"base": KIND_BASE, "grid": KIND_GRID}
-# The keep ratios the explorer's slider offers (0.01 … 1 in steps of 0.01): ToMe's selection at each is stored.
-KEEP_RATIO_GRID = tuple(round(0.01 * step, 2) for step in range(1, 101))
 SELECTION_ARRAYS = ("kept", "scores", "degree", "neighbors", "neighbor_weights", "group_of")
 LAYOUT_ARRAYS = ("kind", "cell", "box")
 
@@ -170,40 +172,46 @@ class Bundle:
 
 
 def read_bundle(json_path: Path) -> Bundle:
-    """Read one bundle; `ValueError` (saying what to do) if it is of another version, incomplete or corrupt."""
+    """Read one bundle; `ValueError` (saying what is wrong, naming no folder) if it is of another version,
+    incomplete, corrupt or not what this code writes. Nothing is read past the sizes its layout allows."""
     json_path = Path(json_path)
+    name, npz_name = json_path.name, json_path.with_suffix(".npz").name
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"bundle {json_path.name} cannot be read ({type(error).__name__}); regenerate it") from None
+        size = json_path.stat().st_size
+        meta = None if size > MAX_JSON_BYTES else json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, RecursionError, ValueError) as error:  # RecursionError: JSON nested too deep
+        raise ValueError(f"bundle {name} cannot be read ({type(error).__name__}); regenerate it") from None
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"bundle {name} cannot be read (over {MAX_JSON_BYTES:,} bytes); regenerate it")
     version = meta.get("bundle_version") if isinstance(meta, dict) else None
     if version != BUNDLE_VERSION:
-        raise ValueError(f"bundle {json_path.name} has format version {version!r}, this code reads version "
+        raise ValueError(f"bundle {name} has format version {version!r}, this code reads version "
                          f"{BUNDLE_VERSION}; regenerate it with `python -m gprune precompute`")
-    npz_path = json_path.with_suffix(".npz")
     try:
-        raw = npz_path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != meta.get("arrays_sha256"):
-            raise ValueError("they belong to another write of this bundle")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        reason = str(error) if isinstance(error, ValueError) and "another write" in str(error) else type(error).__name__
-        raise ValueError(f"bundle {json_path.name}: its arrays ({npz_path.name}) cannot be read ({reason}); "
+        check_meta(meta)
+    except ValueError as error:
+        raise ValueError(f"bundle {name} has malformed metadata ({error}); regenerate it") from None
+    specs = array_specs(meta)
+    try:
+        arrays = _read_arrays(json_path.with_suffix(".npz"), meta["arrays_sha256"], specs)
+        check_arrays(meta, arrays)
+    except (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error) as error:  # a damaged or odd zip
+        raise ValueError(f"bundle {name}: its arrays ({npz_name}) cannot be read ({type(error).__name__}); "
                          "regenerate it") from None
-    expected = [f"{m}/kept" for m in meta.get("results", {})] + [f"similarity/{view}" for view in VIEW_KINDS]
-    missing = [key for key in expected + [f"layout/{key}" for key in LAYOUT_ARRAYS] if key not in arrays]
-    if missing:
-        raise ValueError(f"bundle {json_path.name} is incomplete (missing {', '.join(missing)}); regenerate it")
-    bundle = Bundle(json_path, meta, arrays)
-    try:  # what matching and restoring read: present and of the right kinds
-        hash(bundle.key)
-        AnalysisConfig(**meta["config"])
-        int(meta["model"]["layers"]), bool(meta["model"]["random_weights"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"bundle {json_path.name} has malformed metadata ({type(error).__name__}: {error}); "
-                         "regenerate it") from None
-    return bundle
+    except ValueError as error:
+        raise ValueError(f"bundle {name}: its arrays ({npz_name}) cannot be used ({error}); regenerate it") from None
+    return Bundle(json_path, meta, arrays)
+
+
+def _read_arrays(npz_path: Path, sha256: str, specs) -> dict[str, np.ndarray]:
+    """The `.npz`'s arrays, after checking its size against what `specs` can take and its hash against the JSON's."""
+    size = npz_path.stat().st_size
+    if size > max_file_bytes(specs):
+        raise ValueError(f"it is {size:,} bytes, more than its layout's arrays can take")
+    raw = npz_path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError("they belong to another write of this bundle")
+    return read_npz(raw, specs)
 
 
 def read_bundles(folder: Path) -> tuple[dict[BundleKey, Bundle], list[str]]:

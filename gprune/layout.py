@@ -92,19 +92,26 @@ def token_layout(
         [base_c * width / side, base_r * height / side, (base_c + 1) * width / side, (base_r + 1) * height / side], -1
     )
 
-    base_positions, grid_positions, newline_positions = (p.numpy() for p in block_positions(rows, cols, side * side))
-    n = side * side + rows * (cols + 1)
-    kind = np.full(n, KIND_BASE, dtype=np.int8)
-    kind[grid_positions] = KIND_GRID
-    kind[newline_positions] = KIND_NEWLINE
-    cell = np.zeros((n, 2), dtype=np.int64)
-    cell[base_positions] = np.stack([base_r, base_c], -1)
-    grid_r, grid_c = np.divmod(np.arange(rows * cols), cols)
-    cell[grid_positions] = np.stack([grid_r, grid_c], -1)
-    cell[newline_positions] = np.stack([np.arange(rows), np.full(rows, -1)], -1)
-    box = np.full((n, 4), np.nan)
+    base_positions, grid_positions, _ = (p.numpy() for p in block_positions(rows, cols, side * side))
+    kind, cell = block_kinds_and_cells(side, rows, cols)
+    box = np.full((len(kind), 4), np.nan)
     box[base_positions] = base_boxes
     box[grid_positions] = grid_boxes
     box[:, [0, 2]] = np.clip(box[:, [0, 2]], 0, width)
     box[:, [1, 3]] = np.clip(box[:, [1, 3]], 0, height)
     return TokenLayout(width, height, side, rows, cols, kind, cell, box)
+
+
+def block_kinds_and_cells(base_side: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(kind, cell)` of the packed block `[base | rows × (cols + 1)]` as `TokenLayout` holds them: they depend
+    only on the block's shape (the boxes need the image and the processor)."""
+    base_positions, grid_positions, newline_positions = (p.numpy() for p in block_positions(rows, cols, base_side**2))
+    n = base_side**2 + rows * (cols + 1)
+    kind = np.full(n, KIND_BASE, dtype=np.int8)
+    kind[grid_positions] = KIND_GRID
+    kind[newline_positions] = KIND_NEWLINE
+    cell = np.zeros((n, 2), dtype=np.int64)
+    cell[base_positions] = np.stack(np.divmod(np.arange(base_side**2), base_side), -1)
+    cell[grid_positions] = np.stack(np.divmod(np.arange(rows * cols), cols), -1)
+    cell[newline_positions] = np.stack([np.arange(rows), np.full(rows, -1)], -1)
+    return kind, cell

@@ -33,7 +33,8 @@ def image_bytes() -> bytes:
 @pytest.fixture(scope="module")
 def written(tiny_analysis, image_bytes, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles")
-    stability = {"keep_ratios": [1.0, 0.5], "curves": {"unpruned": [-3.0, -3.0], "gprune": [-3.0, -4.5]}}
+    curves = {method: [-3.0, -4.0] for method in tiny_analysis.results}  # the sweep has a curve per stored run
+    stability = {"keep_ratios": [1.0, 0.5], "curves": {**curves, "unpruned": [-3.0, -3.0], "gprune": [-3.0, -4.5]}}
     path = write_bundle(tiny_analysis, image_bytes, folder, "example", created="2026-11-30", code_version="test",
                         layers=4, stability=stability, precomputed=precompute_views(tiny_analysis, RATIOS))
     return path
@@ -121,7 +122,7 @@ def test_precompute_command_writes_a_bundle_and_a_report_per_example(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "gprune", "precompute", "--model", "tiny", "--examples", str(examples),
                            "--out", str(out), "--timing-rounds", "1"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=1800)
     assert done.returncode == 1 and "error: ribbon.png: a 1000×4 image is too thin" in done.stderr, done.stderr[-2000:]
     assert not (out / "ribbon.json").exists()
     bundle = read_bundle(out / "small.json")
@@ -132,5 +133,5 @@ def test_precompute_command_writes_a_bundle_and_a_report_per_example(tmp_path):
     report = (out / "report.md").read_text()
     assert "## small: “What is in the image?”" in report and report.count("| G-Prune |") == 1
     bad = subprocess.run([sys.executable, "-m", "gprune", "precompute", "--model", "tiny", "--examples",
-                          str(tmp_path / "missing.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "missing.json")], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")

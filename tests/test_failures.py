@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -246,6 +247,15 @@ def test_unreadable_results_are_refused_without_a_server_path(tmp_path):
         failures.load_run(tmp_path / "runs", "foreign")
 
 
+def test_results_with_text_where_numbers_belong_are_refused(tmp_path):
+    rows = [{**row, "accuracy": None if row["accuracy"] is None else "high"} for row in DESIGNED]
+    schema = RESULT_SCHEMA.set(RESULT_SCHEMA.get_field_index("accuracy"), pa.field("accuracy", pa.string()))
+    folder = hand_made_run(tmp_path / "runs" / "texty", DESIGNED)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "results.parquet")
+    with pytest.raises(ValueError, match="run 'texty' cannot be opened: its results hold values of the wrong kind"):
+        failures.load_run(tmp_path / "runs", "texty")
+
+
 def test_symlinks_in_the_runs_folder_are_not_followed(tmp_path):
     outside = hand_made_run(tmp_path / "outside", DESIGNED)
     runs = tmp_path / "runs"
@@ -293,6 +303,23 @@ def test_a_listing_is_computed_once_per_version_of_the_run(runs, monkeypatch):
     pq.write_table(pa.Table.from_pylist(DESIGNED[:9], schema=RESULT_SCHEMA), runs / "designed" / "results.parquet")
     assert failures.failure_table(failures.load_run(runs, "designed"), "gprune", 0.25, "all")["row"].tolist() == [0, 1, 2]
     assert len(computed) == 2  # a rewritten results.parquet is read again
+
+
+def test_a_run_is_summarised_once_per_version_of_its_results(runs, monkeypatch):
+    summarised = []
+    original = failures.summarize
+    monkeypatch.setattr(failures, "summarize", lambda rows, *args: summarised.append(len(rows)) or original(rows, *args))
+    for _ in range(3):  # what each page load and each Run-list click does
+        table = failures.accuracy_table(failures.load_run(runs, "designed"))
+        assert table["examples"].tolist() == [4, 4, 4] and table["accuracy %"].tolist() == [65.0, 32.5, 57.5]
+    assert summarised == [len(DESIGNED)]
+    results = runs / "designed" / "results.parquet"
+    pq.write_table(pa.Table.from_pylist(DESIGNED[:9], schema=RESULT_SCHEMA), results)  # a resumed run rewrites it
+    assert failures.accuracy_table(failures.load_run(runs, "designed"))["examples"].tolist() == [3, 3, 3]
+    assert summarised == [len(DESIGNED), 9]
+    os.utime(results, ns=(results.stat().st_atime_ns, results.stat().st_mtime_ns + 10**9))  # same bytes, touched
+    failures.load_run(runs, "designed")
+    assert summarised == [len(DESIGNED), 9, 9]
 
 
 def test_the_failures_api_works_in_any_order_and_opens_runs_finished_after_start_up(failures_app, evaluated_run):

@@ -3,54 +3,50 @@ kept tokens and FLOPs, computed from the merged result rows (`summary.json` and 
 
 from __future__ import annotations
 
-import statistics
+import pandas as pd
 
 from ..analysis import METHOD_LABELS
 from .metric import METRIC_LABELS
 from .store import UNPRUNED
 
+# Result columns that must hold numbers (or nulls); True/False count as 1/0.
+NUMBER_COLUMNS = ("accuracy", "matches_unpruned", "visual_tokens", "visual_tokens_kept", "flops_ratio", "prefill_seconds")
 
-def _mean(values: list) -> float | None:
-    return statistics.fmean(values) if values else None
 
+def summarize(rows: pd.DataFrame | list[dict], methods: list[str], keep_ratios: list[float]) -> dict:
+    """Counts and one entry per (method, keep ratio), the unpruned reference first; vectorised (pandas), so
+    the Failures tab summarises its DataFrame of a run without a Python loop over the rows.
 
-def summarize(rows: list[dict], methods: list[str], keep_ratios: list[float]) -> dict:
-    """Counts and one entry per (method, keep ratio), the unpruned reference first.
-
-    `rows` are result rows (store.RESULT_SCHEMA). Rows of failed examples are counted, never averaged.
-    Each entry: `examples` evaluated, `scored` (with reference answers), `accuracy` (mean, 0..1, None
-    without answers), `relative_accuracy` (÷ unpruned accuracy on the same examples), `same_answer`
-    (share agreeing with the unpruned answer), mean `visual_tokens` / `visual_tokens_kept` / `flops_ratio`,
-    and the median `prefill_seconds`.
+    `rows` are result rows (store.RESULT_SCHEMA), as a DataFrame or a list of dicts. Rows of failed examples
+    are counted, never averaged. Each entry: `examples` evaluated, `scored` (with reference answers), `accuracy`
+    (mean, 0..1, None without answers), `relative_accuracy` (÷ unpruned accuracy on the same examples),
+    `same_answer` (share agreeing with the unpruned answer), mean `visual_tokens` / `visual_tokens_kept` /
+    `flops_ratio`, and the median `prefill_seconds`. ValueError if a number column holds text.
     """
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for row in rows:
-        if row["error"] is None:
-            groups.setdefault((row["method"], row["keep_ratio"]), []).append(row)
+    frame = pd.DataFrame(rows, columns=["row", "method", "keep_ratio", "answers", "error", *NUMBER_COLUMNS])
+    failed = frame["error"].notna()
+    numbers = frame.loc[~failed, ["method", "keep_ratio"]].assign(
+        **{column: pd.to_numeric(frame.loc[~failed, column]).astype(float) for column in NUMBER_COLUMNS})
+    stats = numbers.groupby(["method", "keep_ratio"]).agg(
+        examples=("method", "size"), scored=("accuracy", "count"), accuracy=("accuracy", "mean"),
+        same_answer=("matches_unpruned", "mean"), visual_tokens=("visual_tokens", "mean"),
+        visual_tokens_kept=("visual_tokens_kept", "mean"), flops_ratio=("flops_ratio", "mean"),
+        prefill_seconds=("prefill_seconds", "median"))
     entries = []
     for method, ratio in [(UNPRUNED, 1.0)] + [(m, r) for r in keep_ratios for m in methods]:
-        group = groups.get((method, ratio), [])
-        scores = [row["accuracy"] for row in group if row["accuracy"] is not None]
-        entries.append({
-            "method": method,
-            "keep_ratio": ratio,
-            "examples": len(group),
-            "scored": len(scores),
-            "accuracy": _mean(scores),
-            "same_answer": _mean([float(row["matches_unpruned"]) for row in group]),
-            "visual_tokens": _mean([row["visual_tokens"] for row in group]),
-            "visual_tokens_kept": _mean([row["visual_tokens_kept"] for row in group]),
-            "flops_ratio": _mean([row["flops_ratio"] for row in group]),
-            "prefill_seconds": statistics.median([row["prefill_seconds"] for row in group]) if group else None,
-        })
+        found = stats.loc[(method, ratio)] if (method, ratio) in stats.index else None
+        entry = {"method": method, "keep_ratio": ratio}
+        for key in ("examples", "scored"):
+            entry[key] = 0 if found is None else int(found[key])
+        for key in ("accuracy", "same_answer", "visual_tokens", "visual_tokens_kept", "flops_ratio", "prefill_seconds"):
+            entry[key] = None if found is None or pd.isna(found[key]) else float(found[key])
+        entries.append(entry)
     reference = entries[0]["accuracy"]
     for entry in entries:
         entry["relative_accuracy"] = entry["accuracy"] / reference if entry["accuracy"] is not None and reference else None
-    examples = {row["row"] for row in rows}
-    failed = {row["row"] for row in rows if row["error"] is not None}
-    scored = {row["row"] for row in rows if row["error"] is None and row["answers"]}
-    return {"examples": len(examples), "failed_examples": len(failed), "examples_with_answers": len(scored),
-            "table": entries}
+    with_answers = ~failed & (frame["answers"].astype(object).str.len() > 0)
+    return {"examples": frame["row"].nunique(), "failed_examples": frame.loc[failed, "row"].nunique(),
+            "examples_with_answers": frame.loc[with_answers, "row"].nunique(), "table": entries}
 
 
 def _percent(value: float | None, digits: int = 1) -> str:
