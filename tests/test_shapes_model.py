@@ -25,11 +25,11 @@ def test_scenes_are_a_pure_function_of_their_seed_and_ask_answerable_questions()
     assert scenes.looks_like_flat_shapes(first.image)
 
 
-def test_the_shipped_shapes_checkpoint_loads_and_answers_easy_vqa_better_than_chance():
+def test_the_shipped_shapes_checkpoint_answers_a_fixed_sample_of_easy_vqa_test_questions():
+    """100 easy-VQA test questions (a seeded sample of the 9,673), greedy answers as the app gives them."""
     loaded = load_model("shapes", device="cpu")
     assert loaded.name == "shapes" and not loaded.random_weights
-    questions = QuestionSet(easy_vqa_items("test")[:40])
-    collator = ConversationCollator(loaded.processor, loaded.model.config.text_config.model_type)
+    questions = QuestionSet(easy_vqa_items("test"), limit=100, seed=0)
     right = 0
     for index in range(len(questions)):
         item = questions[index]
@@ -39,9 +39,7 @@ def test_the_shipped_shapes_checkpoint_loads_and_answers_easy_vqa_better_than_ch
             output = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False)
         reply = loaded.processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         right += reply.strip() == answer
-    assert collator.tokenizer is loaded.processor.tokenizer
-    # yes/no is half the questions; always answering "yes" scores ~37 % here (2 × 1/3 colour/shape guesses do worse)
-    assert right / len(questions) >= 0.6, right
+    assert right >= 90, right
 
 
 def test_built_in_test_sets_open_through_the_evaluator(tmp_path, monkeypatch):
