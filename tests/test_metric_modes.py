@@ -375,7 +375,7 @@ def test_every_mode_refuses_no_answers_and_an_unknown_metric():
 def test_the_command_records_each_metric_in_its_settings(metric, tmp_path):
     settings, _ = build(parse_args(["--model", "tiny", "--dataset", str(tmp_path), "--out", str(tmp_path / "x"),
                                     "--metric", metric]), "")
-    assert settings.metric == metric and settings.to_json()["metric"] == metric
+    assert settings.metric == metric and settings.to_json("fingerprint")["metric"] == metric
 
 
 def test_a_run_scores_its_rows_with_its_metric_and_names_it(vqa_dataset, tmp_path):

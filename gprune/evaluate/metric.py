@@ -57,12 +57,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 def vqa_official_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """As vqaEval.py: whitespace cleaned; when the humans disagree, their answers and the prediction normalised."""
     _check_answers(answers)
-    predicted = clean_whitespace(prediction)
-    humans = [clean_whitespace(answer) for answer in answers]
-    if len(set(humans)) > 1:
-        humans = [vqa_eval_steps(human) for human in humans]
-        predicted = vqa_eval_steps(predicted)
-    return leave_one_out(predicted, humans)
+    return _steps_when_humans_disagree(clean_whitespace(prediction), answers, vqa_eval_steps)
 
 
 def m4c_accuracy(prediction: str, answers: Sequence[str]) -> float:
@@ -78,11 +73,16 @@ def lmms_vqav2_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """As lmms-eval's VQAv2 (v0.1.0–v0.3.4): EvalAI's processor on the prediction; when the humans disagree,
     EvalAI's punctuation and word steps on their answers and once more on the processed prediction."""
     _check_answers(answers)
-    predicted = evalai_answer(prediction)
+    return _steps_when_humans_disagree(evalai_answer(prediction), answers, evalai_steps)
+
+
+def _steps_when_humans_disagree(predicted: str, answers: Sequence[str], steps) -> float:
+    """Leave-one-out accuracy of `predicted` against the whitespace-cleaned `answers`; `steps` is applied to the
+    answers and to `predicted` only when the humans disagree (both references skip it when all agree)."""
     humans = [clean_whitespace(answer) for answer in answers]
     if len(set(humans)) > 1:
-        humans = [evalai_steps(human) for human in humans]
-        predicted = evalai_steps(predicted)
+        humans = [steps(human) for human in humans]
+        predicted = steps(predicted)
     return leave_one_out(predicted, humans)
 
 
