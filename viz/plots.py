@@ -29,13 +29,8 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     The x axis runs from keep ratio 1 down to the smallest, so "more pruning" reads left to right.
     """
     ratios = _vector(keep_ratios, "keep_ratios")
-    if not curves:
-        raise ValueError("curves must name at least one method")
     figure, axes = _figure(dpi, note)
-    for method, curve in curves.items():
-        curve = _vector(curve, f"curves[{method!r}]", allow_nan=True)
-        if curve.shape != ratios.shape:
-            raise ValueError(f"curves[{method!r}] has shape {curve.shape}, keep_ratios {ratios.shape}")
+    for method, curve in _curves(curves, ratios, "curves").items():
         axes.plot(ratios, curve, marker="o", markersize=3, label=method)
     axes.invert_xaxis()
     axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
@@ -59,13 +54,8 @@ def accuracy_plot(keep_ratios: np.ndarray, accuracy: dict[str, np.ndarray], unpr
         note: a warning printed in red above the plot (e.g. that a small model trained here made the numbers).
     """
     ratios = _vector(keep_ratios, "keep_ratios")
-    if not accuracy:
-        raise ValueError("accuracy must name at least one method")
     figure, axes = _figure(dpi, note)
-    for method, values in accuracy.items():
-        values = _vector(values, f"accuracy[{method!r}]", allow_nan=True)
-        if values.shape != ratios.shape:
-            raise ValueError(f"accuracy[{method!r}] has shape {values.shape}, keep_ratios {ratios.shape}")
+    for method, values in _curves(accuracy, ratios, "accuracy").items():
         axes.plot(ratios, values, marker="o", markersize=4, label=method)
     axes.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned ({unpruned:.1f} %)")
     axes.set_xscale("log")
@@ -79,6 +69,17 @@ def accuracy_plot(keep_ratios: np.ndarray, accuracy: dict[str, np.ndarray], unpr
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _render(figure)
+
+
+def _curves(curves: dict[str, np.ndarray], ratios: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """`curves` as float vectors, each checked to have one value per keep ratio (NaN allowed)."""
+    if not curves:
+        raise ValueError(f"{name} must name at least one method")
+    checked = {method: _vector(curve, f"{name}[{method!r}]", allow_nan=True) for method, curve in curves.items()}
+    for method, curve in checked.items():
+        if curve.shape != ratios.shape:
+            raise ValueError(f"{name}[{method!r}] has shape {curve.shape}, keep_ratios {ratios.shape}")
+    return checked
 
 
 def similarity_histogram(similarities: np.ndarray, threshold: float, *, title: str = "", note: str = "",
