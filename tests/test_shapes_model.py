@@ -174,3 +174,24 @@ def test_the_built_in_test_sets_default_to_exact_match_and_other_datasets_to_vqa
         assert settings.metric == expected, dataset
     settings, _ = cli.build(cli.parse_args(["--model", "tiny", "--dataset", "easy-vqa", "--metric", "vqa", "--out", str(tmp_path)]), "cmd")
     assert settings.metric == "vqa"
+
+
+def test_the_shipped_evaluation_runs_open_in_the_failures_tab_with_real_failures():
+    """`make run` (the shapes model) opens assets/runs/ in the Failures tab: both runs list, their first G-Prune
+    failure at keep 0.05 is an answer the unpruned model got right, and its example opens in the explorer."""
+    from pathlib import Path
+
+    import app_failures
+
+    runs = Path(__file__).resolve().parents[1] / "assets" / "runs"
+    assert set(app_failures.list_runs(runs)) >= {"shapes-easy-vqa", "shapes-scenes"}
+    for name in ("shapes-easy-vqa", "shapes-scenes"):
+        run = app_failures.load_run(runs, name)
+        assert not run.info["random_weights"] and run.settings["model"] == "shapes"
+        failures = app_failures.failure_table(run, "gprune", 0.05)
+        assert len(failures) > 0
+        first = failures.iloc[0]
+        assert first["unpruned accuracy %"] == 100.0 and first["pruned accuracy %"] == 0.0
+        assert first["unpruned answer"] != first["pruned answer"]
+        view = app_failures.example_view(run, int(first["row"]), "gprune", 0.05)
+        assert view.image.is_file() and view.keep_ratio == 0.05
