@@ -1,10 +1,12 @@
 """G-Prune Explorer: see how G-Prune, FastV, ToMe and two baselines prune LLaVA-NeXT's visual tokens.
 
-    python app.py [--model auto|tiny|HUB_ID|LOCAL_DIR]     (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
-    python app.py --bundles-only [--model NAME]            (or GPRUNE_BUNDLES_ONLY=1: precomputed examples, no model)
-                  [--runs DIR]                            (or GPRUNE_RUNS=DIR: evaluation runs for the Failures tab)
+    python app.py [--model auto|shapes|tiny|HUB_ID|LOCAL_DIR] (or GPRUNE_MODEL=...; port from GRADIO_SERVER_PORT / PORT)
+    python app.py --bundles-only [--model NAME]              (or GPRUNE_BUNDLES_ONLY=1: precomputed examples, no model)
+                  [--runs DIR]                              (or GPRUNE_RUNS=DIR: evaluation runs for the Failures tab;
+                                                             the shapes model defaults to its shipped assets/runs/)
 
-Precomputed examples (`python -m gprune precompute`) are read from assets/precomputed/ or GPRUNE_BUNDLES; a Run
+Precomputed examples (`python -m gprune precompute`) are read from assets/precomputed/ (assets/precomputed/shapes/
+for the shapes model) or GPRUNE_BUNDLES; a Run
 whose image, question and settings match one of the model's bundles is served from it, with no model call.
 
 Session limits from the environment: GPRUNE_SESSION_TTL_S (seconds a session's results are kept after a
@@ -101,6 +103,7 @@ UPLOAD_QUOTA = UploadQuota(int(UPLOAD_MB_PER_CLIENT * 2**20), int(UPLOAD_MB_TOTA
 # session id it sees; they hold no results, so its cap only bounds their memory.
 GRADIO_SESSION_CAPACITY = 500  # ~80 kB each (bench/session_memory.py)
 ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_RUNS = ASSETS / "runs"  # evaluation runs of the `shapes` model
 DEFAULT_QUESTION = "What is in the image?"
 STEP_CONCURRENCY = 8
 # Runs and sweeps waiting for the model (one per session); per client address configurable, since visitors
@@ -112,7 +115,7 @@ TIMING_ROUNDS = 3  # "Measure timings": one warm-up, then this many timed rounds
 
 
 def startup_options(argv: list[str], environ=os.environ) -> argparse.Namespace:
-    """`--model` (else `GPRUNE_MODEL`, else `auto`: 7B on CUDA, offline `tiny` otherwise) and `--bundles-only`
+    """`--model` (else `GPRUNE_MODEL`, else `auto`: 7B on CUDA, the offline trained `shapes` otherwise) and `--bundles-only`
     (else `GPRUNE_BUNDLES_ONLY=1`): serve the model's precomputed examples without loading it."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", default=None)
@@ -125,12 +128,15 @@ def startup_options(argv: list[str], environ=os.environ) -> argparse.Namespace:
 
 OPTIONS = startup_options(sys.argv[1:] if __name__ == "__main__" else [])
 try:
-    RUNS_DIR = app_failures.runs_folder(sys.argv[1:] if __name__ == "__main__" else [])
     LOADED = None if OPTIONS.bundles_only else load_model(OPTIONS.model)
     MODEL_NAME = LOADED.name if LOADED else resolve_model_name(OPTIONS.model)
+    # The shipped `shapes` model brings its own precomputed examples and evaluation runs (the Failures tab).
+    RUNS_DIR = app_failures.runs_folder(sys.argv[1:] if __name__ == "__main__" else []) or (
+        SHIPPED_RUNS if MODEL_NAME == SHAPES and SHIPPED_RUNS.is_dir() else None)
 except ValueError as error:
     sys.exit(f"error: {error}")
-BUNDLES = Bundles(Path(os.environ.get("GPRUNE_BUNDLES") or ASSETS / "precomputed"), model_family(MODEL_NAME),
+BUNDLES = Bundles(Path(os.environ.get("GPRUNE_BUNDLES") or ASSETS / "precomputed" / ("shapes" if MODEL_NAME == SHAPES else "")),
+                  model_family(MODEL_NAME),
                   layers=LOADED.model.config.text_config.num_hidden_layers if LOADED else None,
                   random_weights=LOADED.random_weights if LOADED else None)
 if LOADED is None and not len(BUNDLES):
@@ -676,17 +682,20 @@ PLAY_SECONDS = 0.9
 
 
 def example_rows() -> list[list[str]]:
-    """Bundled examples: `assets/examples.json` (file + question) if present, else every image in assets/."""
-    listing = ASSETS / "examples.json"
-    if listing.is_file():
+    """Bundled examples (file + question): for the `shapes` model the easy-VQA and generated-scene images of
+    `assets/examples-shapes.json` first, then the photos of `assets/examples.json`; if neither is readable,
+    every image in assets/."""
+    listings = (["examples-shapes.json"] if MODEL_NAME == SHAPES else []) + ["examples.json"]
+    rows = []
+    for listing in (ASSETS / name for name in listings):
         try:
             entries = json.loads(listing.read_text(encoding="utf-8"))
-            rows = [[str(ASSETS / e["file"]), e.get("question", DEFAULT_QUESTION)] for e in entries
-                    if (ASSETS / e["file"]).is_file()]
-            if rows:
-                return rows
-        except (ValueError, KeyError, TypeError):
-            pass
+            rows += [[str(ASSETS / e["file"]), e.get("question", DEFAULT_QUESTION)] for e in entries
+                     if (ASSETS / e["file"]).is_file()]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if rows:
+        return rows
     files = sorted(p for p in ASSETS.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     return [[str(p), DEFAULT_QUESTION] for p in files]
 

@@ -64,13 +64,13 @@ class LoadedModel:
 
 
 def resolve_model_name(name: str) -> str:
-    """`"auto"` → the 7B default when CUDA is available, else `"tiny"`; any other name is returned as is.
-    (`auto` stays on `tiny` until the `shapes` model reaches its accuracy targets; see its model card.)"""
+    """`"auto"` → the 7B default when CUDA is available, else the offline trained `"shapes"`; any other name is
+    returned as is."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model name must be 'auto', 'shapes', 'tiny', a Hugging Face Hub id or a local directory, got {name!r}")
     name = name.strip()
     if name == AUTO:
-        return DEFAULT_GPU_MODEL if torch.cuda.is_available() else TINY
+        return DEFAULT_GPU_MODEL if torch.cuda.is_available() else SHAPES
     return name
 
 

@@ -13,8 +13,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".ti
 SHA_RE = re.compile(r"`?([0-9a-f]{64})`?")
 
 
-def _examples() -> list[dict]:
-    return json.loads((ASSETS / "examples.json").read_text(encoding="utf-8"))
+def _examples(listing: str = "examples.json") -> list[dict]:
+    return json.loads((ASSETS / listing).read_text(encoding="utf-8"))
 
 
 def _attribution_checksums() -> dict[str, str]:
@@ -37,12 +37,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-EXAMPLES = _examples()
+PHOTO_EXAMPLES = _examples()
+SHAPES_EXAMPLES = _examples("examples-shapes.json")  # shown first when the server runs the `shapes` model
+EXAMPLES = PHOTO_EXAMPLES + SHAPES_EXAMPLES
 CHECKSUMS = _attribution_checksums()
 
 
 def test_examples_json_shape():
-    assert isinstance(EXAMPLES, list) and len(EXAMPLES) >= 6
+    assert isinstance(PHOTO_EXAMPLES, list) and len(PHOTO_EXAMPLES) >= 6 and len(SHAPES_EXAMPLES) >= 5
     files = [e["file"] for e in EXAMPLES]
     assert len(files) == len(set(files)), "duplicate files in examples.json"
     for e in EXAMPLES:

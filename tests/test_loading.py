@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import LlamaConfig, LlavaNextImageProcessorPil
 
 from gprune.layout import token_layout
-from gprune.loading import DEFAULT_GPU_MODEL, TINY, load_model, resolve_model_name
+from gprune.loading import DEFAULT_GPU_MODEL, SHAPES, TINY, load_model, resolve_model_name
 from gprune.tiny import GRID_PINPOINTS, build_tiny
 
 
@@ -111,7 +111,7 @@ def test_non_llava_next_config_is_rejected(tmp_path):
 
 def test_resolve_model_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_model_name("auto") == TINY
+    assert resolve_model_name("auto") == SHAPES
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_model_name("auto") == DEFAULT_GPU_MODEL
     assert resolve_model_name(" some/model ") == "some/model"

@@ -9,6 +9,7 @@ from PIL import Image
 import viz.overlay as viz_overlay
 
 from viz import (
+    accuracy_plot,
     ENTERED_RGB,
     LEFT_RGB,
     ColourBar,
@@ -265,6 +266,8 @@ def test_plots_return_images():
         score_histogram(np.random.default_rng(1).normal(size=300), 0.8),
         score_trace_plot(np.array([0.1, 0.3, 0.35, 0.36]), "token 812", cuts=np.array([0.2, 0.2, 0.3, 0.3])),
         speedup_plot(ratios, {"G-Prune": [1.0, 1.4, 1.8, 2.1]}, {"G-Prune": [1.0, 1.7, 2.5, 3.2]}),
+        accuracy_plot(ratios, {"G-Prune": np.array([90, 85, 70, np.nan]), "Random": np.array([88, 80, 60, 40.0])}, 92.0,
+                      "easy-VQA", note="small model trained here"),
     ]
     for image in images:
         assert isinstance(image, Image.Image) and image.width > 0 and image.height > 0
@@ -272,6 +275,8 @@ def test_plots_return_images():
         stability_plot(ratios, {"G-Prune": np.zeros(3)}, "a cat")
     with pytest.raises(ValueError):
         similarity_histogram(np.array([np.nan]), 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        accuracy_plot(ratios, {"G-Prune": np.zeros(3)}, 90.0, "easy-VQA")
     assert stability_plot(ratios, {"G-Prune": -ratios}, "a cat", dpi=220).width >= 1024  # slide-ready
 
 

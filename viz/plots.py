@@ -29,13 +29,8 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     The x axis runs from keep ratio 1 down to the smallest, so "more pruning" reads left to right.
     """
     ratios = _vector(keep_ratios, "keep_ratios")
-    if not curves:
-        raise ValueError("curves must name at least one method")
     figure, axes = _figure(dpi, note)
-    for method, curve in curves.items():
-        curve = _vector(curve, f"curves[{method!r}]", allow_nan=True)
-        if curve.shape != ratios.shape:
-            raise ValueError(f"curves[{method!r}] has shape {curve.shape}, keep_ratios {ratios.shape}")
+    for method, curve in _curves(curves, ratios, "curves").items():
         axes.plot(ratios, curve, marker="o", markersize=3, label=method)
     axes.invert_xaxis()
     axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
@@ -44,6 +39,47 @@ def stability_plot(keep_ratios: np.ndarray, curves: dict[str, np.ndarray], refer
     axes.grid(alpha=0.3)
     axes.legend(fontsize=9)
     return _render(figure)
+
+
+def accuracy_plot(keep_ratios: np.ndarray, accuracy: dict[str, np.ndarray], unpruned: float, title: str, *,
+                  note: str = "", dpi: int = DPI) -> Image.Image:
+    """Benchmark accuracy against the keep ratio, one line per method, the unpruned model as a dashed line
+    (the layout of the G-Prune paper's Figures 3 and 4).
+
+    Args:
+        keep_ratios: `(r,)` fractions of visual tokens kept, in (0, 1].
+        accuracy: method label → `(r,)` accuracy in % at each keep ratio (NaN where not evaluated).
+        unpruned: the unpruned model's accuracy in %.
+        title: what was evaluated (dataset, model, examples).
+        note: a warning printed in red above the plot (e.g. that a small model trained here made the numbers).
+    """
+    ratios = _vector(keep_ratios, "keep_ratios")
+    figure, axes = _figure(dpi, note)
+    for method, values in _curves(accuracy, ratios, "accuracy").items():
+        axes.plot(ratios, values, marker="o", markersize=4, label=method)
+    axes.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned ({unpruned:.1f} %)")
+    axes.set_xscale("log")
+    axes.set_xticks(ratios, [f"{ratio:g}" for ratio in ratios])
+    axes.minorticks_off()
+    axes.invert_xaxis()
+    axes.set_xlabel("keep ratio (fraction of visual tokens kept)")
+    axes.set_ylabel("accuracy %")
+    axes.set_ylim(0, 100)
+    _title(axes, title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _render(figure)
+
+
+def _curves(curves: dict[str, np.ndarray], ratios: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """`curves` as float vectors, each checked to have one value per keep ratio (NaN allowed)."""
+    if not curves:
+        raise ValueError(f"{name} must name at least one method")
+    checked = {method: _vector(curve, f"{name}[{method!r}]", allow_nan=True) for method, curve in curves.items()}
+    for method, curve in checked.items():
+        if curve.shape != ratios.shape:
+            raise ValueError(f"{name}[{method!r}] has shape {curve.shape}, keep_ratios {ratios.shape}")
+    return checked
 
 
 def similarity_histogram(similarities: np.ndarray, threshold: float, *, title: str = "", note: str = "",

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..analysis import METHODS, AnalysisConfig
 from ..checks import check_keep_ratio
 from ..loading import SHAPES, TINY, resolve_model_name
+from ..train.benchmarks import BENCHMARKS, METRIC as BUILT_IN_METRIC
 from .data import VQA_PROMPT_SUFFIX, DatasetSpec, parse_columns, resolve_source, resolve_split
 from .launch import end_with_launcher, relaunch, requested_cpu_processes
 from .metric import METRICS
@@ -28,13 +29,14 @@ DEFAULT_KEEP_RATIOS = "0.5,0.25,0.11"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gprune.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="auto", help="'shapes' (offline, trained here on synthetic shapes), 'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else tiny")
-    parser.add_argument("--dataset", required=True, help="hub id (e.g. lmms-lab/textvqa), save_to_disk folder, local data folder or parquet file")
+    parser.add_argument("--model", default="auto", help="'shapes' (offline, trained here on synthetic shapes), 'tiny' (offline, random weights), a hub id or a local path; 'auto' = 7B on CUDA, else shapes")
+    parser.add_argument("--dataset", required=True, help="hub id (e.g. lmms-lab/textvqa), save_to_disk folder, local data folder, parquet file, or a built-in "
+                             f"test set of the shapes model ({', '.join(BENCHMARKS)})")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--columns", default="", help="ROLE=COLUMN pairs for image, question, answers, question_id, e.g. image=img,question=query")
     parser.add_argument("--prompt-suffix", default=VQA_PROMPT_SUFFIX, help="appended to every question (default: the standard VQA short-answer instruction)")
-    parser.add_argument("--metric", choices=METRICS, default="vqa",
-                        help="VQA accuracy (10 human answers) as vqa: ours, every answer normalised alike; vqa-official: "
+    parser.add_argument("--metric", choices=METRICS, default=None,
+                        help="default: exact for the built-in datasets (one answer each), else vqa. VQA accuracy (10 human answers) as vqa: ours, every answer normalised alike; vqa-official: "
                              "vqaEval.py; m4c: LLaVA's m4c_evaluator = lmms-eval TextVQA; lmms-vqav2: lmms-eval VQAv2. "
                              "exact: normalised exact match (GQA, POPE). See README 'Metric'")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N rows of the split (default: all)")
@@ -79,7 +81,8 @@ def build(args: argparse.Namespace, command: str):
     model = resolve_model_name(args.model)
     if model not in (TINY, SHAPES) and Path(model).expanduser().is_dir():  # a local checkpoint: absolute, so a re-run from elsewhere matches
         model = str(Path(model).expanduser().resolve())
-    settings = Settings(model, dataset, args.prompt_suffix, args.metric, tuple(sorted(set(ratios), reverse=True)), analysis)
+    metric = args.metric or (BUILT_IN_METRIC if args.dataset.strip() in BENCHMARKS else "vqa")
+    settings = Settings(model, dataset, args.prompt_suffix, metric, tuple(sorted(set(ratios), reverse=True)), analysis)
     execution = Execution(limit=args.limit, threads=args.threads, examples_per_shard=args.shard_size,
                           progress=not args.no_progress, command=command)
     return settings, execution

@@ -58,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer = train(args.out, recipe, schedule, resume=not args.no_resume)
     write_report(args.out, trainer.state.log_history, recipe, schedule, seconds=time.perf_counter() - started)
     if args.install:
+        card = SHIPPED / "README.md"
+        card_text = card.read_text(encoding="utf-8") if card.is_file() else None  # the model card is written by hand
         shutil.rmtree(SHIPPED, ignore_errors=True)
         shutil.copytree(args.out / "model", SHIPPED)
-        print(f"installed the model in {SHIPPED}")
+        shutil.copyfile(args.out / "curves.png", SHIPPED / "training-curves.png")
+        if card_text is not None:
+            card.write_text(card_text, encoding="utf-8")
+        print(f"installed the model and its curves in {SHIPPED} (update the model card's figures)")
     print(f"wrote {args.out / 'model'}, {args.out / 'report.md'} and {args.out / 'curves.png'}")
     return 0
 

@@ -1,5 +1,9 @@
 """The `shapes` model's test sets as evaluator datasets: `--dataset easy-vqa` and `--dataset shapes-scenes`.
 
+Each also has a blank twin (`easy-vqa-blank`, `shapes-scenes-blank`): the same questions with every image
+replaced by its plain background (the colour of its top-left pixel, which is always background in both
+sets), for the ablation that shows the model answers from the image and not from the question alone.
+
 Each is written once, deterministically, as a parquet file in the lmms-lab VQA schema (`image`, `question`,
 `answers` = [the one answer], `question_id`, plus `kind`, the question family) under the cache folder
 (`$GPRUNE_CACHE`, else `~/.cache/gprune`), and then read like any parquet file. Their metric is exact match.
@@ -11,11 +15,14 @@ import io
 import os
 from pathlib import Path
 
+from PIL import Image
+
 from ..files import write_atomically
 
 EASY_VQA = "easy-vqa"  # easy-VQA's test split: 1,000 images, 9,673 questions
 SCENES = "shapes-scenes"  # the generated test scenes (seeds disjoint from training)
-BENCHMARKS = (EASY_VQA, SCENES)
+BLANK_SUFFIX = "-blank"
+BENCHMARKS = (EASY_VQA, SCENES, EASY_VQA + BLANK_SUFFIX, SCENES + BLANK_SUFFIX)
 METRIC = "exact"
 FORMAT_VERSION = 1  # bump when the generator or the columns change, so a stale cached file is not reused
 
@@ -39,9 +46,27 @@ def benchmark_path(name: str) -> Path:
 
 def rows(name: str) -> list[dict]:
     """Every row of benchmark `name` with images as PNG bytes (question order as in the file)."""
+    if name.endswith(BLANK_SUFFIX):
+        return _blanked(rows(name.removesuffix(BLANK_SUFFIX)))
     if name == EASY_VQA:
         return _easy_vqa_rows()
     return _scenes_rows()
+
+
+def blank_background(image: Image.Image) -> Image.Image:
+    """`image`'s size, filled with the colour of its top-left pixel (the background in both test sets)."""
+    rgb = image.convert("RGB")
+    return Image.new("RGB", rgb.size, rgb.getpixel((0, 0)))
+
+
+def _blanked(records: list[dict]) -> list[dict]:
+    blanks: dict[bytes, bytes] = {}  # one blank per distinct image
+    for record in records:
+        if record["image"] not in blanks:
+            buffer = io.BytesIO()
+            blank_background(Image.open(io.BytesIO(record["image"]))).save(buffer, format="PNG")
+            blanks[record["image"]] = buffer.getvalue()
+    return [{**record, "image": blanks[record["image"]]} for record in records]
 
 
 def _easy_vqa_rows() -> list[dict]:

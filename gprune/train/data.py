@@ -1,10 +1,10 @@
-"""Training data for the `shapes` model: easy-VQA and the generated scenes, as LLaVA-style conversations.
+"""Training data for the `shapes` model: easy-VQA and the generated scenes, packed per image.
 
-An item is one image with all of its questions as one multi-turn conversation (as LLaVA's own instruction
-data is), so the ~1,200–2,900 visual tokens are paid once for ~10 answers. The first turn is exactly the
-prompt the explorer and the evaluator build (`gprune.prompts.chat_prompt`), later turns follow the chat
-template; only answer tokens (and their `</s>`) are trained. Evaluation items are single questions, so the
-measured accuracy is the one a user sees.
+An item is one image with all of its questions. The collator packs it as the image prefix once and one segment
+per question, each segment seeing only the prefix and itself (`ConversationCollator`): every answer is trained
+exactly as the single-question prompt the explorer and the evaluator build (`gprune.prompts.chat_prompt`),
+while the ~1,200–2,900 visual tokens are paid once for ~10 answers. Only answer tokens (and their `</s>`) are
+trained.
 
 Randomness (question order, whether the short-answer instruction is appended) is a pure function of the
 item, so a run resumed from a checkpoint sees exactly the data of an uninterrupted one.
@@ -107,13 +107,13 @@ class Recipe:
     """What a training run sees: how many passes over each source, and which scenes."""
 
     easy_vqa_epochs: int = 2
-    scene_count: int = 4000
+    scene_count: int = 1500
     seed: int = 0
 
 
 class ConversationSet(torch.utils.data.Dataset):
     """Training items: every easy-VQA train image (minus the held-out ones) `easy_vqa_epochs` times and
-    `scene_count` scenes, each a conversation over all its questions in an order drawn from the item."""
+    `scene_count` scenes, each with all its questions in an order drawn from the item."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -163,49 +163,78 @@ def validation_set(limit_per_source: int) -> QuestionSet:
 
 
 class ConversationCollator:
-    """Tokenise conversations: `input_ids`, `attention_mask` (right-padded), `labels` (−100 but on answers),
-    `pixel_values` `(B, max_patches, 3, 336, 336)` zero-padded on patches, `image_sizes`."""
+    """Tokenise items as shared-prefix packs: the image prefix once, then one segment per question.
+
+    Each segment is exactly the single-question prompt's text after the image (question, `[/INST]`) plus the
+    answer and `</s>`; it attends to the prefix and to itself only, at the position ids a single-question
+    prompt would give it. So every answer is trained as the user's case, one question about the image, while
+    the ~1,200–2,900 visual tokens are paid once per image. (A plain multi-turn conversation lets the model read
+    answers off the earlier turns, e.g. "What is the blue shape?" gives away the colour, and it learned that
+    shortcut instead of looking at the image.)
+
+    Returns `input_ids`, `labels` (−100 but on answers) and `position_ids` `(B, L)`, right-padded; a boolean
+    `attention_mask` `(B, 1, L, L)` (True: may attend); `pixel_values` `(B, max_patches, 3, 336, 336)`
+    zero-padded on patches; `image_sizes` `(B, 2)`.
+    """
 
     def __init__(self, processor: LlavaNextProcessor, text_model_type: str):
         self.processor = processor
         self.text_model_type = text_model_type
         self.tokenizer = processor.tokenizer
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
 
-    def _pieces(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def pack(self, feature: dict) -> tuple[torch.Tensor, list[list[int]], list[list[int]]]:
+        """`(encoded, segments, segment_labels)` of one item: the processor's output for the first question
+        (its `input_ids` cut after the last image token is the shared prefix), and each question's segment."""
+        segments, segment_labels = [], []
+        encoded = None
+        for question, answer in feature["turns"]:
+            prompt = chat_prompt(self.processor, self.text_model_type, question)
+            if encoded is None:
+                encoded = self.processor(images=feature["image"], text=prompt, return_tensors="pt")
+            # The image placeholder is a special token, so the text after it tokenises on its own.
+            after_image = prompt.split(self.processor.image_token, 1)[1]
+            question_ids = self.tokenizer(after_image, add_special_tokens=False)["input_ids"]
+            reply = self.tokenizer(f" {answer}{self.tokenizer.eos_token}", add_special_tokens=False)["input_ids"]
+            segments.append(question_ids + reply)
+            segment_labels.append([-100] * len(question_ids) + reply)
+        return encoded, segments, segment_labels
 
     def __call__(self, features: list[dict]) -> dict:
-        sequences, labels, pixel_values, image_sizes = [], [], [], []
+        rows, pixel_values, image_sizes = [], [], []
         for feature in features:
-            (first_question, first_answer), *later = feature["turns"]
-            prompt = chat_prompt(self.processor, self.text_model_type, first_question)
-            encoded = self.processor(images=feature["image"], text=prompt, return_tensors="pt")
+            encoded, segments, segment_labels = self.pack(feature)
             ids = encoded["input_ids"][0].tolist()
-            target = [-100] * len(ids)
-            for index, (question, answer) in enumerate([(None, first_answer)] + later):
-                if question is not None:
-                    turn = self._pieces(self._user_turn(question))
-                    ids += turn
-                    target += [-100] * len(turn)
-                reply = self._pieces(f" {answer}{self.tokenizer.eos_token}")
-                ids += reply
-                target += reply
-            sequences.append(ids)
-            labels.append(target)
+            prefix = ids[: max(i for i, token in enumerate(ids) if token == self.image_token_id) + 1]
+            rows.append((prefix, segments, segment_labels))
             pixel_values.append(encoded["pixel_values"][0])
             image_sizes.append(encoded["image_sizes"][0])
-        length = max(len(ids) for ids in sequences)
+        length = max(len(prefix) + sum(map(len, segments)) for prefix, segments, _ in rows)
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id)
+        labels = torch.full((len(rows), length), -100)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        # Padding rows attend to themselves only, so that no attention row is empty (softmax of nothing is NaN).
+        attention_mask = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
+        for row, (prefix, segments, segment_labels) in enumerate(rows):
+            p = len(prefix)
+            input_ids[row, :p] = torch.tensor(prefix)
+            position_ids[row, :p] = torch.arange(p)
+            attention_mask[row, 0, :p, :p] = torch.ones(p, p, dtype=torch.bool).tril()
+            start = p
+            for segment, target in zip(segments, segment_labels):
+                end = start + len(segment)
+                input_ids[row, start:end] = torch.tensor(segment)
+                labels[row, start:end] = torch.tensor(target)
+                position_ids[row, start:end] = torch.arange(p, p + len(segment))
+                attention_mask[row, 0, start:end, :p] = True
+                attention_mask[row, 0, start:end, start:end] = torch.ones(len(segment), len(segment), dtype=torch.bool).tril()
+                start = end
         patches = max(p.shape[0] for p in pixel_values)
-        pad = self.tokenizer.pad_token_id
         return {
-            "input_ids": torch.tensor([ids + [pad] * (length - len(ids)) for ids in sequences]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in sequences]),
-            "labels": torch.tensor([t + [-100] * (length - len(t)) for t in labels]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "labels": labels,
             "pixel_values": torch.stack([torch.cat([p, p.new_zeros((patches - p.shape[0], *p.shape[1:]))]) for p in pixel_values]),
             "image_sizes": torch.stack(image_sizes),
         }
-
-    def _user_turn(self, question: str) -> str:
-        """A later user turn as the chat template renders it (text only)."""
-        messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
