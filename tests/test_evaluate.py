@@ -277,10 +277,9 @@ def test_a_killed_run_resumes_where_it_stopped(evaluated_run, vqa_dataset, tmp_p
     process = subprocess.Popen(evaluate_command(vqa_dataset, out, "--shard-size", "1"), cwd=ROOT, env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        hang_guard = time.monotonic() + 900  # not a speed limit: torch imports slowly on a busy machine
+        # No deadline: the run is finite, so the loop ends with its shards or with the run (which then fails).
         while len(folder.shard_paths()) < 2:
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
-            assert time.monotonic() < hang_guard, "no shards after 15 minutes"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -391,10 +390,9 @@ def test_workers_end_when_their_launcher_is_killed(vqa_dataset, tmp_path):
                                     cwd=ROOT, env=environment(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     workers: set[int] = set()
     try:
-        hang_guard = time.monotonic() + 900  # not a speed limit: four processes import torch on a possibly busy machine
+        # No deadline: the run is finite, so the loop ends once it has started or with the run (which then fails).
         while not ((out / "run.json").exists() and len(workers) >= 3):  # torchrun's agent and its two workers
             assert launcher.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < hang_guard, "the run did not start in 15 minutes"
             workers |= descendants(launcher.pid)
             time.sleep(0.05)
         os.kill(launcher.pid, signal.SIGKILL)  # the launcher only: torchrun's workers have sessions of their own
