@@ -72,27 +72,24 @@ class VqaEvalOracle:
         return " ".join(out_text)
 
     def question_accuracy(self, prediction, answers):
-        gts = [{"answer": answer, "answer_id": number} for number, answer in enumerate(answers, start=1)]
-        for ans_dic in gts:
-            ans_dic["answer"] = ans_dic["answer"].replace("\n", " ")
-            ans_dic["answer"] = ans_dic["answer"].replace("\t", " ")
-            ans_dic["answer"] = ans_dic["answer"].strip()
-        res_ans = prediction.replace("\n", " ")
-        res_ans = res_ans.replace("\t", " ")
-        res_ans = res_ans.strip()
-        gt_acc = []
-        gt_answers = [ans["answer"] for ans in gts]
-        if len(set(gt_answers)) > 1:
-            for ans_dic in gts:
-                ans_dic["answer"] = self.process_punctuation(ans_dic["answer"])
-                ans_dic["answer"] = self.process_digit_article(ans_dic["answer"])
-            res_ans = self.process_punctuation(res_ans)
-            res_ans = self.process_digit_article(res_ans)
-        for gt_ans_datum in gts:
-            other_gt_ans = [item for item in gts if item != gt_ans_datum]
-            matching_ans = [item for item in other_gt_ans if item["answer"] == res_ans]
-            gt_acc.append(min(1, float(len(matching_ans)) / 3))
-        return float(sum(gt_acc)) / len(gt_acc)
+        res_ans = prediction.replace("\n", " ").replace("\t", " ").strip()
+        return records_accuracy(res_ans, answers, self.process_punctuation, self.process_digit_article)
+
+
+def records_accuracy(res_ans, answers, process_punctuation, process_digit_article):
+    """The scoring both vqaEval.py and lmms-eval's VQAv2 share: answer records whitespace-cleaned; only when the
+    humans disagree, punctuation and digit/article steps on them and on `res_ans`; leave-one-out over records."""
+    gts = [{"answer": answer.replace("\n", " ").replace("\t", " ").strip(), "answer_id": number}
+           for number, answer in enumerate(answers, start=1)]
+    if len({record["answer"] for record in gts}) > 1:
+        for record in gts:
+            record["answer"] = process_digit_article(process_punctuation(record["answer"]))
+        res_ans = process_digit_article(process_punctuation(res_ans))
+    accuracies = []
+    for held_out in gts:
+        matching = [record for record in gts if record != held_out and record["answer"] == res_ans]
+        accuracies.append(min(1, float(len(matching)) / 3))
+    return float(sum(accuracies)) / len(accuracies)
 
 
 class EvalAIOracle:
@@ -171,25 +168,7 @@ def lmms_textvqa_oracle(prediction, answers):
 def lmms_vqav2_oracle(prediction, answers):
     """lmms-eval v0.3.0's vqav2_process_results (the records of lmms-lab/VQAv2 carry an answer_id each)."""
     processor = EvalAIOracle()
-    res_ans = processor(prediction)
-    doc_answers = [{"answer": answer, "answer_id": number} for number, answer in enumerate(answers, start=1)]
-    for ans_dic in doc_answers:
-        ans_dic["answer"] = ans_dic["answer"].replace("\n", " ")
-        ans_dic["answer"] = ans_dic["answer"].replace("\t", " ")
-        ans_dic["answer"] = ans_dic["answer"].strip()
-    gt_acc = []
-    gt_answers = [ans["answer"] for ans in doc_answers]
-    if len(set(gt_answers)) > 1:
-        for ans_dic in doc_answers:
-            ans_dic["answer"] = processor.process_punctuation(ans_dic["answer"])
-            ans_dic["answer"] = processor.process_digit_article(ans_dic["answer"])
-        res_ans = processor.process_punctuation(res_ans)
-        res_ans = processor.process_digit_article(res_ans)
-    for gt_ans_datum in doc_answers:
-        other_gt_ans = [item for item in doc_answers if item != gt_ans_datum]
-        matching_ans = [item for item in other_gt_ans if item["answer"] == res_ans]
-        gt_acc.append(min(1, float(len(matching_ans)) / 3))
-    return statistics.mean(gt_acc)
+    return records_accuracy(processor(prediction), answers, processor.process_punctuation, processor.process_digit_article)
 
 
 def oracle_scores(mode, prediction, answers) -> list[float]:
